@@ -1,0 +1,218 @@
+//! Configuration from environment variables (SPEC section 6).
+//!
+//! Everything is read and validated once, at start-up, so a bad setting fails
+//! the cold start with a message naming the variable instead of failing every
+//! invocation later.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A value that must never be printed (passwords, connection strings).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is handed to a client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A setting that could not be used; names the variable, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything the function needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// ClickHouse HTTP(S) endpoint.
+    pub clickhouse_url: String,
+    /// ClickHouse user.
+    pub clickhouse_user: String,
+    /// ClickHouse password.
+    pub clickhouse_password: Secret,
+    /// ClickHouse database holding the events table.
+    pub clickhouse_database: String,
+    /// Name of the exposure events table (or `Distributed` table).
+    pub events_table: String,
+    /// PostgreSQL connection string.
+    pub database_url: Secret,
+    /// Table or view with the experiments (optionally `schema.name`).
+    pub experiments_relation: String,
+    /// Minimum time between two accepted API refreshes of one experiment.
+    pub refresh_min_interval: Duration,
+    /// Upper bound on one ClickHouse query, enforced by the server and the client.
+    pub query_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str, default: &str| -> String {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+
+        let clickhouse_url = get("CLICKHOUSE_URL", "http://127.0.0.1:8123");
+        if !(clickhouse_url.starts_with("http://") || clickhouse_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "CLICKHOUSE_URL",
+                "must be an http:// or https:// URL of the ClickHouse HTTP interface",
+            ));
+        }
+
+        let database_url = get(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        // The parser's message never echoes the string, so the password stays out of it.
+        tokio_postgres::Config::from_str(&database_url).map_err(|e| {
+            ConfigError::new(
+                "DATABASE_URL",
+                format!("not a PostgreSQL connection string ({e})"),
+            )
+        })?;
+
+        Ok(Self {
+            clickhouse_url,
+            clickhouse_user: get("CLICKHOUSE_USER", "default"),
+            clickhouse_password: Secret::new(lookup("CLICKHOUSE_PASSWORD").unwrap_or_default()),
+            clickhouse_database: identifier(
+                "CLICKHOUSE_DATABASE",
+                get("CLICKHOUSE_DATABASE", "default"),
+            )?,
+            events_table: identifier(
+                "EXPOSURES_EVENTS_TABLE",
+                get("EXPOSURES_EVENTS_TABLE", "events"),
+            )?,
+            database_url: Secret::new(database_url),
+            experiments_relation: identifier(
+                "EXPOSURES_EXPERIMENTS_RELATION",
+                get("EXPOSURES_EXPERIMENTS_RELATION", "experiments"),
+            )?,
+            refresh_min_interval: seconds(
+                "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS",
+                &get("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "300"),
+                0,
+            )?,
+            query_timeout: seconds(
+                "EXPOSURES_QUERY_TIMEOUT_SECONDS",
+                &get("EXPOSURES_QUERY_TIMEOUT_SECONDS", "120"),
+                1,
+            )?,
+        })
+    }
+}
+
+/// Names are quoted wherever they are used; this only rejects what cannot be a name.
+fn identifier(variable: &'static str, value: String) -> Result<String, ConfigError> {
+    let bad = value.chars().any(|c| c.is_control() || c == '`')
+        || value.split('.').any(|part| part.trim().is_empty());
+    if bad {
+        return Err(ConfigError::new(
+            variable,
+            "must be a table or database name (letters, digits, `_`, optionally `schema.name`)",
+        ));
+    }
+    Ok(value)
+}
+
+fn seconds(variable: &'static str, value: &str, min: u64) -> Result<Duration, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(Duration::from_secs(n)),
+        _ => Err(ConfigError::new(
+            variable,
+            format!("must be a whole number of seconds, at least {min}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.clickhouse_url, "http://127.0.0.1:8123");
+        assert_eq!(c.clickhouse_user, "default");
+        assert_eq!(c.clickhouse_password.expose(), "");
+        assert_eq!(c.clickhouse_database, "default");
+        assert_eq!(c.events_table, "events");
+        assert_eq!(
+            c.database_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(c.experiments_relation, "experiments");
+        assert_eq!(c.refresh_min_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_hide_secrets() {
+        let e = config(&[("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "soon")]).unwrap_err();
+        assert_eq!(e.variable, "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS");
+        let e = config(&[("CLICKHOUSE_URL", "127.0.0.1:8123")]).unwrap_err();
+        assert_eq!(e.variable, "CLICKHOUSE_URL");
+        let e = config(&[("DATABASE_URL", "postgres://u:hunter2@[bad")]).unwrap_err();
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = config(&[("EXPOSURES_EXPERIMENTS_RELATION", "public.")]).unwrap_err();
+        assert_eq!(e.variable, "EXPOSURES_EXPERIMENTS_RELATION");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = config(&[
+            ("CLICKHOUSE_PASSWORD", "hunter2"),
+            ("DATABASE_URL", "postgres://u:hunter3@db/x"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+    }
+}

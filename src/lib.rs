@@ -1,0 +1,20 @@
+//! exposures: an AWS Lambda function that keeps one exposure snapshot per
+//! feature-flag experiment, computed from ClickHouse and stored in PostgreSQL.
+//!
+//! `main.rs` only wires these together; see `README.md` for the whole picture.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod intake;
+pub mod rfc3339;
+pub mod service;
+pub mod store;
+pub mod summary;
+pub mod warehouse;
+pub mod window;
+
+pub use config::Config;
+pub use error::Error;
+pub use service::App;

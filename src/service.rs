@@ -1,0 +1,220 @@
+//! The refresh itself (SPEC section 3) and the snapshot object (SPEC 5.1).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, ConfigError};
+use crate::error::Error;
+use crate::rfc3339;
+use crate::store::{Experiment, Store, StoredSnapshot};
+use crate::summary::Payload;
+use crate::warehouse::{Target, Warehouse};
+use crate::window::Window;
+
+/// Where "now" comes from; tests substitute a fixed clock.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// How a refresh ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new snapshot was computed and stored.
+    Refreshed,
+    /// The stored snapshot is final; nothing was queried.
+    Final,
+    /// The experiment has not started; nothing was computed.
+    NotStarted,
+}
+
+impl Outcome {
+    /// The name used in answers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refreshed => "refreshed",
+            Outcome::Final => "final",
+            Outcome::NotStarted => "not_started",
+        }
+    }
+}
+
+/// The snapshot object every answer carrying a snapshot uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotView {
+    /// The experiment.
+    pub experiment_id: i64,
+    /// `None` when nothing has ever been stored.
+    pub exposures: Option<Exposures>,
+}
+
+/// The stored snapshot as shown to readers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exposures {
+    /// End of the window of `payload`.
+    #[serde(serialize_with = "rfc3339::serialize_option")]
+    pub as_of: Option<DateTime<Utc>>,
+    /// When the last refresh failed (cleared by a good one).
+    #[serde(serialize_with = "rfc3339::serialize_option")]
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When an API refresh was last accepted.
+    #[serde(serialize_with = "rfc3339::serialize_option")]
+    pub refresh_requested_at: Option<DateTime<Utc>>,
+    /// True once the snapshot covers the whole experiment; never recomputed then.
+    pub is_final: bool,
+    /// The last good summary.
+    pub payload: Option<Value>,
+}
+
+impl SnapshotView {
+    /// Combines the experiment with what is stored for it.
+    pub fn new(experiment: &Experiment, stored: Option<&StoredSnapshot>) -> Self {
+        Self {
+            experiment_id: experiment.id,
+            exposures: stored.map(|s| Exposures {
+                as_of: s.as_of,
+                last_error_at: s.last_error_at,
+                refresh_requested_at: s.refresh_requested_at,
+                is_final: is_final(experiment, s),
+                payload: s.payload.clone(),
+            }),
+        }
+    }
+}
+
+/// Final: the experiment ended and the stored window reaches its end.
+pub fn is_final(experiment: &Experiment, stored: &StoredSnapshot) -> bool {
+    matches!((experiment.ended_at, stored.as_of), (Some(ended), Some(as_of)) if as_of >= ended)
+}
+
+/// The function's state: clients built once per container, shared by invocations.
+pub struct App {
+    /// PostgreSQL.
+    pub store: Store,
+    /// ClickHouse.
+    pub warehouse: Warehouse,
+    /// The configuration it was built from.
+    pub config: Config,
+    clock: Clock,
+}
+
+impl App {
+    /// Builds the clients; nothing connects until first use, so cold starts stay short.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: Store::new(&config, 8)?,
+            warehouse: Warehouse::new(&config),
+            config,
+            clock: Arc::new(Utc::now),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time by this app's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    /// Loads an experiment and its stored snapshot; unknown ids are an error.
+    pub async fn load(
+        &self,
+        experiment_id: i64,
+    ) -> Result<(Experiment, Option<StoredSnapshot>), Error> {
+        self.store
+            .load(experiment_id)
+            .await?
+            .ok_or(Error::UnknownExperiment(experiment_id))
+    }
+
+    /// Reads the stored snapshot without touching ClickHouse.
+    pub async fn snapshot(&self, experiment_id: i64) -> Result<SnapshotView, Error> {
+        let (experiment, stored) = self.load(experiment_id).await?;
+        Ok(SnapshotView::new(&experiment, stored.as_ref()))
+    }
+
+    /// Refreshes one experiment (SPEC section 3).
+    pub async fn refresh(&self, experiment_id: i64) -> Result<(Outcome, SnapshotView), Error> {
+        let (experiment, stored) = self.load(experiment_id).await?;
+        self.refresh_loaded(&experiment, stored).await
+    }
+
+    /// Refreshes an experiment already loaded: returns the stored snapshot for
+    /// not-started and final experiments, otherwise queries, stores, and only then answers.
+    pub async fn refresh_loaded(
+        &self,
+        experiment: &Experiment,
+        stored: Option<StoredSnapshot>,
+    ) -> Result<(Outcome, SnapshotView), Error> {
+        let Some(started_at) = experiment.started_at else {
+            return Ok((
+                Outcome::NotStarted,
+                SnapshotView::new(experiment, stored.as_ref()),
+            ));
+        };
+        if stored.as_ref().is_some_and(|s| is_final(experiment, s)) {
+            return Ok((
+                Outcome::Final,
+                SnapshotView::new(experiment, stored.as_ref()),
+            ));
+        }
+
+        let began = Instant::now();
+        let window = Window::new(started_at, experiment.ended_at, self.now());
+        let target = Target {
+            environment_key: &experiment.environment_key,
+            feature_name: &experiment.feature_name,
+        };
+        let counts = match self.warehouse.exposures(target, &window).await {
+            Ok(counts) => counts,
+            Err(source) => {
+                let query_ms = began.elapsed().as_millis() as u64;
+                if let Err(stamp) = self.store.store_failure(experiment.id, window.end).await {
+                    tracing::error!(experiment_id = experiment.id, error = %stamp, "could not stamp the failed refresh");
+                }
+                tracing::error!(
+                    experiment_id = experiment.id,
+                    granularity = window.granularity.as_str(),
+                    query_ms,
+                    error = %source,
+                    "refresh failed"
+                );
+                return Err(Error::Warehouse {
+                    experiment_id: experiment.id,
+                    source,
+                });
+            }
+        };
+        let query_ms = began.elapsed().as_millis() as u64;
+        let rows = counts.len();
+        let payload = Payload::build(window.granularity, counts);
+        let payload_json = serde_json::to_value(&payload).unwrap_or(Value::Null);
+        let stored = self
+            .store
+            .store_payload(experiment.id, window.end, &payload_json)
+            .await?;
+        tracing::info!(
+            experiment_id = experiment.id,
+            granularity = window.granularity.as_str(),
+            as_of = %rfc3339::format(&window.end),
+            rows,
+            identities = payload.identities(),
+            excluded_identities = payload.excluded_identities,
+            points = payload.timeseries.points.len(),
+            query_ms,
+            total_ms = began.elapsed().as_millis() as u64,
+            superseded = stored.as_of != Some(window.end),
+            "refreshed"
+        );
+        Ok((
+            Outcome::Refreshed,
+            SnapshotView::new(experiment, Some(&stored)),
+        ))
+    }
+}

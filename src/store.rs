@@ -1,0 +1,292 @@
+//! PostgreSQL: experiments (read only) and exposure snapshots (owned), SPEC 2.2 and 2.3.
+//!
+//! Every write is one statement whose `WHERE` carries the rule it enforces, so
+//! concurrent refreshes need no locks held across the ClickHouse query.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use crate::config::{Config, ConfigError};
+
+/// The migrations, in order; applied by `{"action": "migrate"}`.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_create_experiments",
+        include_str!("../migrations/0001_create_experiments.sql"),
+    ),
+    (
+        "0002_create_experiment_exposures",
+        include_str!("../migrations/0002_create_experiment_exposures.sql"),
+    ),
+];
+
+/// PostgreSQL could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A statement failed.
+    #[error("PostgreSQL statement failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// An experiment, as read from the experiments relation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Its id.
+    pub id: i64,
+    /// Environment the exposures come from.
+    pub environment_key: String,
+    /// The flag.
+    pub feature_name: String,
+    /// `created`, `running`, `paused` or `completed`.
+    pub status: String,
+    /// Set on first start; `None` means not started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Set on completion.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The stored row of `experiment_exposures`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSnapshot {
+    /// End of the stored payload's window.
+    pub as_of: Option<DateTime<Utc>>,
+    /// The last good summary.
+    pub payload: Option<Value>,
+    /// When the last refresh failed, if it did after the last good one.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// When an API refresh was last accepted.
+    pub refresh_requested_at: Option<DateTime<Utc>>,
+    /// Last write of any kind.
+    pub updated_at: DateTime<Utc>,
+}
+
+const SNAPSHOT_COLUMNS: &str = "as_of, payload, last_error_at, refresh_requested_at, updated_at";
+
+impl StoredSnapshot {
+    fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            as_of: row.try_get("as_of")?,
+            payload: row.try_get("payload")?,
+            last_error_at: row.try_get("last_error_at")?,
+            refresh_requested_at: row.try_get("refresh_requested_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Quotes a possibly schema-qualified name (`public.experiments`) for SQL.
+fn quote_relation(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Connection pool plus the statements the function runs.
+pub struct Store {
+    pool: Pool,
+    experiments: String,
+}
+
+impl Store {
+    /// Builds the pool; connections are opened on first use. TLS is negotiated
+    /// as the URL's `sslmode` says (rustls with the Mozilla roots).
+    pub fn new(config: &Config, max_connections: usize) -> Result<Self, ConfigError> {
+        let mut pg =
+            tokio_postgres::Config::from_str(config.database_url.expose()).map_err(|e| {
+                ConfigError {
+                    variable: "DATABASE_URL",
+                    reason: format!("not a PostgreSQL connection string ({e})"),
+                }
+            })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        let manager = Manager::from_config(
+            pg,
+            tls_connector(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| ConfigError {
+                variable: "DATABASE_URL",
+                reason: format!("cannot build a connection pool ({e})"),
+            })?;
+        Ok(Self {
+            pool,
+            experiments: quote_relation(&config.experiments_relation),
+        })
+    }
+
+    /// Applies the migrations not yet applied, in one transaction under an
+    /// advisory lock, so concurrent `migrate` invocations queue up and a failed
+    /// one leaves nothing half done. Returns the names it applied.
+    pub async fn migrate(&self) -> Result<Vec<&'static str>, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(7215804162)", &[])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS exposures_schema_migrations (
+                 name text PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let mut applied = Vec::new();
+        for (name, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM exposures_schema_migrations WHERE name = $1",
+                    &[name],
+                )
+                .await?
+                .is_some();
+            if !done {
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO exposures_schema_migrations (name) VALUES ($1)",
+                    &[name],
+                )
+                .await?;
+                applied.push(*name);
+            }
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The experiment and its stored snapshot, in one round trip.
+    pub async fn load(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Experiment, Option<StoredSnapshot>)>, DbError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT e.id::bigint AS id, e.environment_key::text AS environment_key,
+                    e.feature_name::text AS feature_name, e.status::text AS status,
+                    e.started_at, e.ended_at,
+                    x.experiment_id IS NOT NULL AS stored,
+                    x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
+             FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
+             WHERE e.id = $1",
+            self.experiments
+        );
+        let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+            return Ok(None);
+        };
+        let experiment = Experiment {
+            id: row.try_get("id")?,
+            environment_key: row.try_get("environment_key")?,
+            feature_name: row.try_get("feature_name")?,
+            status: row.try_get("status")?,
+            started_at: row.try_get("started_at")?,
+            ended_at: row.try_get("ended_at")?,
+        };
+        let stored = if row.try_get("stored")? {
+            Some(StoredSnapshot::from_row(&row)?)
+        } else {
+            None
+        };
+        Ok(Some((experiment, stored)))
+    }
+
+    /// Stores a good refresh unless a snapshot with a later `as_of` is already
+    /// there (`as_of` never moves backwards). Returns the row as stored afterwards.
+    pub async fn store_payload(
+        &self,
+        id: i64,
+        as_of: DateTime<Utc>,
+        payload: &Value,
+    ) -> Result<StoredSnapshot, DbError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "WITH up AS (
+                 INSERT INTO experiment_exposures AS x (experiment_id, as_of, payload, last_error_at, updated_at)
+                 VALUES ($1, $2, $3, NULL, now())
+                 ON CONFLICT (experiment_id) DO UPDATE
+                 SET as_of = EXCLUDED.as_of, payload = EXCLUDED.payload,
+                     last_error_at = NULL, updated_at = EXCLUDED.updated_at
+                 WHERE x.as_of IS NULL OR x.as_of <= EXCLUDED.as_of
+                 RETURNING {SNAPSHOT_COLUMNS})
+             SELECT {SNAPSHOT_COLUMNS} FROM up
+             UNION ALL
+             SELECT {SNAPSHOT_COLUMNS} FROM experiment_exposures
+             WHERE experiment_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
+        );
+        let row = client.query_one(&sql, &[&id, &as_of, payload]).await?;
+        Ok(StoredSnapshot::from_row(&row)?)
+    }
+
+    /// Stamps a failed refresh: only `last_error_at` (and `updated_at`) change,
+    /// so the last good payload stays readable. A failure of a refresh older
+    /// than the stored snapshot is not stamped: the newer data is good.
+    pub async fn store_failure(
+        &self,
+        id: i64,
+        attempted_as_of: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO experiment_exposures AS x (experiment_id, last_error_at, updated_at)
+                 VALUES ($1, now(), now())
+                 ON CONFLICT (experiment_id) DO UPDATE
+                 SET last_error_at = now(), updated_at = now()
+                 WHERE x.as_of IS NULL OR x.as_of < $2",
+                &[&id, &attempted_as_of],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relation_names_are_quoted_per_part() {
+        assert_eq!(quote_relation("experiments"), "\"experiments\"");
+        assert_eq!(
+            quote_relation("app.v_experiments"),
+            "\"app\".\"v_experiments\""
+        );
+        assert_eq!(quote_relation("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn migrations_are_ordered_and_unique() {
+        let names: Vec<_> = MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+    }
+}

@@ -1,0 +1,320 @@
+//! The exposures query against ClickHouse (SPEC sections 2.1 and 3).
+//!
+//! One query per refresh. It has to run unchanged on current releases and on
+//! the old server Debian packages (18.16), which shapes it:
+//! - no CTEs (`WITH name AS (subquery)` is missing on 18.16): a subquery in `FROM`;
+//! - buckets are computed from Unix seconds, `intDiv(epoch, width) * width`,
+//!   which is a UTC hour or day whatever the server's or the column's time zone;
+//! - `min(value) != max(value)` decides quarantine: one comparison per identity
+//!   instead of a set of distinct values, and it leaves the variant in `min(value)`;
+//! - every value is bound client-side with `?` (18.16 cannot take server-side
+//!   parameters sent as multipart), and results come as plain `RowBinary`
+//!   with explicit casts (18.16 lacks `RowBinaryWithNamesAndTypes`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clickhouse::sql::Identifier;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::summary::Count;
+use crate::window::Window;
+
+/// The `event` value of exposures.
+pub const EXPOSURE_EVENT: &str = "$flag_exposure";
+
+/// Why the warehouse could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// The server refused the query or could not be reached.
+    #[error("ClickHouse query failed: {0}")]
+    Query(#[from] clickhouse::error::Error),
+    /// No answer within the configured timeout.
+    #[error("ClickHouse did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The events table is missing or lacks a usable `timestamp` column.
+    #[error("ClickHouse table `{table}`: {reason}")]
+    Table {
+        /// The configured table name.
+        table: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// How the events table stores `timestamp`; decides how window bounds are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampKind {
+    /// `DateTime`: whole seconds.
+    DateTime,
+    /// `DateTime64(p)`: sub-second precision, compared in milliseconds.
+    DateTime64,
+}
+
+impl TimestampKind {
+    /// Reads a ClickHouse type name such as `DateTime64(3, 'UTC')`.
+    pub fn from_type_name(type_name: &str) -> Option<Self> {
+        let inner = type_name
+            .strip_prefix("Nullable(")
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or(type_name);
+        if inner.starts_with("DateTime64") {
+            Some(Self::DateTime64)
+        } else if inner.starts_with("DateTime") {
+            Some(Self::DateTime)
+        } else {
+            None
+        }
+    }
+}
+
+/// What one experiment's exposures are filtered on.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// `environment_key` of the experiment.
+    pub environment_key: &'a str,
+    /// `feature_name` of the experiment's flag.
+    pub feature_name: &'a str,
+}
+
+const EXPOSURES_SQL: &str = "\
+SELECT
+    toUInt8(min_value != max_value) AS quarantined,
+    toUInt32(if(min_value = max_value, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
+    if(min_value = max_value, min_value, '') AS variant,
+    toUInt64(count()) AS identities
+FROM
+(
+    SELECT
+        min(timestamp) AS first_seen,
+        min(value) AS min_value,
+        max(value) AS max_value
+    FROM ?
+    WHERE environment_key = ? AND event = ? AND feature_name = ?
+      AND timestamp >= {lower} AND timestamp < {upper}
+      AND identifier != ''
+    GROUP BY identifier
+)
+GROUP BY quarantined, bucket, variant
+ORDER BY bucket, variant";
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct BucketRow {
+    quarantined: u8,
+    bucket: u32,
+    variant: String,
+    identities: u64,
+}
+
+impl From<BucketRow> for Count {
+    fn from(row: BucketRow) -> Self {
+        if row.quarantined != 0 {
+            Count::Quarantined {
+                identities: row.identities,
+            }
+        } else {
+            Count::FirstExposures {
+                bucket: DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default(),
+                variant: row.variant,
+                identities: row.identities,
+            }
+        }
+    }
+}
+
+/// The ClickHouse side: a client built once per container, and the query.
+pub struct Warehouse {
+    client: clickhouse::Client,
+    table: String,
+    timeout: Duration,
+    timestamp_kind: OnceCell<TimestampKind>,
+}
+
+impl Warehouse {
+    /// Builds the client; no connection is made until the first query.
+    pub fn new(config: &Config) -> Self {
+        let timeout = config.query_timeout;
+        let client = clickhouse::Client::default()
+            .with_url(&config.clickhouse_url)
+            .with_user(&config.clickhouse_user)
+            .with_password(config.clickhouse_password.expose())
+            .with_database(&config.clickhouse_database)
+            // Old servers cannot answer the schema check (RowBinaryWithNamesAndTypes).
+            .with_validation(false)
+            // The server stops work it cannot finish in time instead of running on unobserved.
+            .with_setting("max_execution_time", timeout.as_secs().to_string());
+        Self {
+            client,
+            table: config.events_table.clone(),
+            timeout,
+            timestamp_kind: OnceCell::new(),
+        }
+    }
+
+    /// The exact query a refresh sends, with every value bound (for tests and benchmarks).
+    pub fn exposures_query(
+        &self,
+        kind: TimestampKind,
+        target: Target<'_>,
+        window: &Window,
+    ) -> clickhouse::query::Query {
+        let width = window.granularity.seconds();
+        let (lower, upper) = match kind {
+            TimestampKind::DateTime => ("toDateTime(?)", "toDateTime(?)"),
+            TimestampKind::DateTime64 => (
+                "fromUnixTimestamp64Milli(toInt64(?))",
+                "fromUnixTimestamp64Milli(toInt64(?))",
+            ),
+        };
+        let sql = EXPOSURES_SQL
+            .replace("{lower}", lower)
+            .replace("{upper}", upper);
+        let query = self
+            .client
+            .query(&sql)
+            .bind(width)
+            .bind(width)
+            .bind(Identifier(&self.table))
+            .bind(target.environment_key)
+            .bind(EXPOSURE_EVENT)
+            .bind(target.feature_name);
+        match kind {
+            // A `DateTime` holds whole seconds, so `t >= x` is `t >= ceil(x)` and `t < y` is `t < ceil(y)`.
+            TimestampKind::DateTime => query
+                .bind(ceil_seconds(window.start))
+                .bind(ceil_seconds(window.end)),
+            TimestampKind::DateTime64 => query
+                .bind(window.start.timestamp_millis())
+                .bind(window.end.timestamp_millis()),
+        }
+    }
+
+    /// Runs the exposures query for `target` over `window`.
+    pub async fn exposures(
+        &self,
+        target: Target<'_>,
+        window: &Window,
+    ) -> Result<Vec<Count>, WarehouseError> {
+        if window.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kind = self.timestamp_kind().await?;
+        let query = self.exposures_query(kind, target, window);
+        let rows = self.with_timeout(query.fetch_all::<BucketRow>()).await?;
+        Ok(rows.into_iter().map(Count::from).collect())
+    }
+
+    /// Looked up once per container: the column type does not change under a running function.
+    async fn timestamp_kind(&self) -> Result<TimestampKind, WarehouseError> {
+        self.timestamp_kind
+            .get_or_try_init(|| async {
+                let type_name = self
+                    .with_timeout(
+                        self.client
+                            .query(
+                                "SELECT type FROM system.columns \
+                                 WHERE database = currentDatabase() AND table = ? AND name = 'timestamp'",
+                            )
+                            .bind(&self.table)
+                            .fetch_optional::<String>(),
+                    )
+                    .await?;
+                let table_error = |reason: String| WarehouseError::Table {
+                    table: self.table.clone(),
+                    reason,
+                };
+                let type_name =
+                    type_name.ok_or_else(|| table_error("no such table, or it has no `timestamp` column".into()))?;
+                TimestampKind::from_type_name(&type_name)
+                    .ok_or_else(|| table_error(format!("`timestamp` is {type_name}, expected DateTime or DateTime64")))
+            })
+            .await
+            .copied()
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, WarehouseError> {
+        // A little slack so the server's own max_execution_time error usually wins.
+        match tokio::time::timeout(self.timeout + Duration::from_secs(2), fut).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(WarehouseError::Timeout(self.timeout)),
+        }
+    }
+}
+
+fn ceil_seconds(t: DateTime<Utc>) -> i64 {
+    let secs = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamp_kinds() {
+        assert_eq!(
+            TimestampKind::from_type_name("DateTime"),
+            Some(TimestampKind::DateTime)
+        );
+        assert_eq!(
+            TimestampKind::from_type_name("DateTime('Asia/Kolkata')"),
+            Some(TimestampKind::DateTime)
+        );
+        assert_eq!(
+            TimestampKind::from_type_name("DateTime64(3, 'UTC')"),
+            Some(TimestampKind::DateTime64)
+        );
+        assert_eq!(
+            TimestampKind::from_type_name("Nullable(DateTime64(3))"),
+            Some(TimestampKind::DateTime64)
+        );
+        assert_eq!(TimestampKind::from_type_name("String"), None);
+    }
+
+    #[test]
+    fn whole_second_bounds_round_up() {
+        let t = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        assert_eq!(ceil_seconds(t), t.timestamp());
+        assert_eq!(
+            ceil_seconds(t + chrono::TimeDelta::milliseconds(1)),
+            t.timestamp() + 1
+        );
+    }
+
+    #[test]
+    fn query_binds_every_value() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        let warehouse = Warehouse::new(&config);
+        let start = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let window = Window::new(start, Some(start + chrono::TimeDelta::hours(1)), start);
+        let target = Target {
+            environment_key: "prod' OR 1=1 --",
+            feature_name: "new-checkout",
+        };
+        let sql = warehouse
+            .exposures_query(TimestampKind::DateTime64, target, &window)
+            .sql_display()
+            .to_string();
+        assert!(
+            sql.contains("environment_key = 'prod\\' OR 1=1 --'"),
+            "{sql}"
+        );
+        assert!(sql.contains("event = '$flag_exposure'"), "{sql}");
+        assert!(sql.contains("FROM `events`"), "{sql}");
+        assert!(
+            sql.contains("fromUnixTimestamp64Milli(toInt64(1780272000000))"),
+            "{sql}"
+        );
+        assert!(!sql.contains('?'), "{sql}");
+    }
+}
