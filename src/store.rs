@@ -183,7 +183,7 @@ impl Store {
                     x.experiment_id IS NOT NULL AS stored,
                     x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
-             WHERE e.id = $1",
+             WHERE e.id = $1::bigint",
             self.experiments
         );
         let Some(row) = client.query_opt(&sql, &[&id]).await? else {

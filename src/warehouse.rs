@@ -100,12 +100,17 @@ FROM
 GROUP BY quarantined, bucket, variant
 ORDER BY bucket, variant";
 
+/// One result row of the exposures query, as the server sends it.
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct BucketRow {
-    quarantined: u8,
-    bucket: u32,
-    variant: String,
-    identities: u64,
+pub struct BucketRow {
+    /// 1 for the single row counting quarantined identities.
+    pub quarantined: u8,
+    /// Bucket start in Unix seconds (0 on the quarantine row).
+    pub bucket: u32,
+    /// Variant key (empty on the quarantine row).
+    pub variant: String,
+    /// Identities in this row.
+    pub identities: u64,
 }
 
 impl From<BucketRow> for Count {

@@ -1,0 +1,194 @@
+//! Every sample payload in `events/` through the real Lambda runtime path:
+//! `cargo lambda watch` (the runtime emulator running the function binary)
+//! and `cargo lambda invoke`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{exposure, TestEnv};
+
+/// What invoking one sample must give.
+enum Expect {
+    /// Success; the check inspects the answer.
+    Ok(fn(&Value)),
+    /// Failure with this `errorType`.
+    Err(&'static str),
+}
+
+fn expectation(file: &str) -> Option<Expect> {
+    fn refreshed(v: &Value) {
+        assert_eq!(v["outcome"], "refreshed", "{v}");
+        assert_eq!(v["experiment_id"], 42, "{v}");
+        assert_eq!(v["exposures"]["payload"]["excluded_identities"], 1, "{v}");
+        let points = &v["exposures"]["payload"]["timeseries"]["points"];
+        assert_eq!(points[0]["new_identities"]["control"], 2, "{v}");
+    }
+    Some(match file {
+        "refresh.json"
+        | "refresh-action.json"
+        | "eventbridge-rule-refresh.json"
+        | "scheduler-refresh.json" => Expect::Ok(refreshed),
+        "migrate.json" => Expect::Ok(|v| assert_eq!(v["migrated"], serde_json::json!([]), "{v}")),
+        "refresh-unknown-experiment.json" => Expect::Err("not_found"),
+        "refresh-malformed.json" => Expect::Err("bad_request"),
+        _ => return None,
+    })
+}
+
+struct Watch {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The emulator runs the function as a child process: stop the whole group.
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_watch(env: &TestEnv) -> Watch {
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("cargo");
+    command
+        .args([
+            "lambda",
+            "watch",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .current_dir(root)
+        // Its own target dir: `cargo test` holds the lock on the default one.
+        .env("CARGO_TARGET_DIR", root.join("target/cargo-lambda"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    for (key, value) in &env.settings {
+        command.env(key, value);
+    }
+    let child = command
+        .spawn()
+        .expect("cargo lambda is installed (pip install cargo-lambda)");
+    let watch = Watch { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    watch
+}
+
+/// Runs `cargo lambda invoke`; Ok(answer) or Err(stderr).
+pub fn invoke(port: u16, file: &Path) -> Result<Value, String> {
+    let out = Command::new("cargo")
+        .args([
+            "lambda",
+            "invoke",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+        ])
+        .arg(port.to_string())
+        .arg("--data-file")
+        .arg(file)
+        .args(["--output-format", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo lambda invoke");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        }))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+pub fn event_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_sample_event_through_cargo_lambda() {
+    let env = TestEnv::new().await;
+    env.pg
+        .execute(
+            "INSERT INTO experiments (id, environment_key, feature_name, status, started_at)
+             VALUES (42, 'prod', 'checkout', 'running', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recent = (chrono::Utc::now() - chrono::TimeDelta::minutes(10))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let events = vec![
+        exposure("u1", "control", &recent),
+        exposure("u2", "control", &recent),
+        exposure("u3", "control", &recent),
+        exposure("u3", "variant_a", &recent),
+    ];
+    env.insert(&events).await;
+
+    let watch = start_watch(&env);
+    let files = event_files();
+    assert!(files.len() >= 7, "events/ has the samples");
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let expect = expectation(&name)
+            .unwrap_or_else(|| panic!("events/{name} has no expectation in this test"));
+        let port = watch.port;
+        let path = file.clone();
+        let result = tokio::task::spawn_blocking(move || invoke(port, &path))
+            .await
+            .unwrap();
+        match (expect, result) {
+            (Expect::Ok(check), Ok(answer)) => check(&answer),
+            (Expect::Err(code), Err(stderr)) => {
+                assert!(
+                    stderr.contains(&format!("Error: {code}")),
+                    "events/{name}: {stderr}"
+                )
+            }
+            (Expect::Ok(_), Err(stderr)) => panic!("events/{name} failed: {stderr}"),
+            (Expect::Err(code), Ok(answer)) => {
+                panic!("events/{name} should fail with {code}, got {answer}")
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: one binary, real ClickHouse and PostgreSQL servers
+//! (started by `scripts/servers.sh`), chDB for the current ClickHouse engine,
+//! and `cargo lambda` for the files in `events/`.
+
+mod cargo_lambda;
+mod chdb;
+mod helpers;
+mod invocation;
+mod refresh;
+mod scenarios;
+mod store;
