@@ -70,6 +70,8 @@ pub struct Config {
     pub refresh_min_interval: Duration,
     /// Upper bound on one ClickHouse query, enforced by the server and the client.
     pub query_timeout: Duration,
+    /// When set, the API serves only experiments in these environments (others: 403).
+    pub api_allowed_environments: Option<Vec<String>>,
 }
 
 impl Config {
@@ -133,6 +135,14 @@ impl Config {
                 &get("EXPOSURES_QUERY_TIMEOUT_SECONDS", "120"),
                 1,
             )?,
+            api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.split(',')
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty())
+                        .collect()
+                }),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Dispatch is on the JSON's shape, by hand rather than with an untagged serde
 //! enum, so that a malformed input gets a message saying what was expected.
 
+use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayV2httpRequest};
 use serde_json::{Map, Value};
 
 /// What one invocation asks for.
@@ -48,8 +49,6 @@ pub struct HttpRequest {
     pub path: String,
     /// `pathParameters.id` when the route template captured it.
     pub id_param: Option<String>,
-    /// The caller's identity (IAM user ARN or JWT subject), when API Gateway passed one.
-    pub caller: Option<String>,
 }
 
 /// The input could not be understood; the message says what was expected.
@@ -182,37 +181,37 @@ fn scheduled(map: &Map<String, Value>) -> Result<Command, IntakeError> {
     }
 }
 
+/// REST API (1.0) or HTTP API (2.0) proxy request, read with the canonical
+/// `aws_lambda_events` types so that real AWS payloads parse as AWS sends them.
 fn http(map: &Map<String, Value>) -> Result<HttpRequest, IntakeError> {
-    let str_at = |pointer: &str| -> Option<String> {
-        Value::Object(map.clone())
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let event = Value::Object(map.clone());
     let is_v2 =
         map.get("version").and_then(Value::as_str) == Some("2.0") || map.contains_key("rawPath");
-    let (version, method, path) = if is_v2 {
-        (
-            PayloadVersion::V2,
-            str_at("/requestContext/http/method"),
-            str_at("/rawPath").or_else(|| str_at("/requestContext/http/path")),
-        )
+    if is_v2 {
+        let r: ApiGatewayV2httpRequest = serde_json::from_value(event)
+            .map_err(|e| err(format!("malformed API Gateway HTTP API (2.0) request: {e}")))?;
+        let path = r
+            .raw_path
+            .or(r.request_context.http.path)
+            .ok_or_else(|| err("API Gateway request without a path"))?;
+        Ok(HttpRequest {
+            version: PayloadVersion::V2,
+            method: r.request_context.http.method.as_str().to_owned(),
+            path,
+            id_param: r.path_parameters.get("id").cloned(),
+        })
     } else {
-        (PayloadVersion::V1, str_at("/httpMethod"), str_at("/path"))
-    };
-    let method = method.ok_or_else(|| err("API Gateway request without an HTTP method"))?;
-    let path = path.ok_or_else(|| err("API Gateway request without a path"))?;
-    let caller = str_at("/requestContext/authorizer/iam/userArn")
-        .or_else(|| str_at("/requestContext/authorizer/jwt/claims/sub"))
-        .or_else(|| str_at("/requestContext/identity/userArn"))
-        .or_else(|| str_at("/requestContext/authorizer/claims/sub"));
-    Ok(HttpRequest {
-        version,
-        method: method.to_ascii_uppercase(),
-        path,
-        id_param: str_at("/pathParameters/id"),
-        caller,
-    })
+        let r: ApiGatewayProxyRequest = serde_json::from_value(event)
+            .map_err(|e| err(format!("malformed API Gateway REST API (1.0) request: {e}")))?;
+        Ok(HttpRequest {
+            version: PayloadVersion::V1,
+            method: r.http_method.as_str().to_owned(),
+            path: r
+                .path
+                .ok_or_else(|| err("API Gateway request without a path"))?,
+            id_param: r.path_parameters.get("id").cloned(),
+        })
+    }
 }
 
 fn describe(value: &Value) -> String {
@@ -333,7 +332,8 @@ mod tests {
     #[test]
     fn api_gateway_requests_are_recognised() {
         let v1 = json!({"resource": "/experiments/{id}/exposures", "path": "/experiments/7/exposures",
-            "httpMethod": "GET", "pathParameters": {"id": "7"}, "requestContext": {}});
+            "httpMethod": "GET", "pathParameters": {"id": "7"},
+            "requestContext": {"httpMethod": "GET", "path": "/prod/experiments/7/exposures", "stage": "prod"}});
         let Ok(Invocation::Http(r)) = parse(&v1) else {
             panic!()
         };
@@ -342,7 +342,7 @@ mod tests {
             (PayloadVersion::V1, "GET", Some("7"))
         );
         let v2 = json!({"version": "2.0", "routeKey": "$default", "rawPath": "/prod/experiments/7/exposures/refresh",
-            "requestContext": {"http": {"method": "post", "path": "/prod/experiments/7/exposures/refresh"}}});
+            "requestContext": {"http": {"method": "POST", "path": "/prod/experiments/7/exposures/refresh"}}});
         let Ok(Invocation::Http(r)) = parse(&v2) else {
             panic!()
         };
@@ -351,6 +351,11 @@ mod tests {
             (PayloadVersion::V2, "POST", None)
         );
         assert_eq!(r.path, "/prod/experiments/7/exposures/refresh");
+        let broken = json!({"httpMethod": 7, "path": "/x"});
+        assert!(parse(&broken)
+            .unwrap_err()
+            .to_string()
+            .contains("malformed API Gateway REST API (1.0) request"));
     }
 
     #[test]

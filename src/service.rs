@@ -133,6 +133,16 @@ impl App {
             .ok_or(Error::UnknownExperiment(experiment_id))
     }
 
+    /// Refuses experiments outside `EXPOSURES_API_ALLOWED_ENVIRONMENTS`, when it is set.
+    pub fn authorize(&self, experiment: &Experiment) -> Result<(), Error> {
+        match &self.config.api_allowed_environments {
+            Some(allowed) if !allowed.contains(&experiment.environment_key) => {
+                Err(Error::Forbidden(experiment.id))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reads the stored snapshot without touching ClickHouse.
     pub async fn snapshot(&self, experiment_id: i64) -> Result<SnapshotView, Error> {
         let (experiment, stored) = self.load(experiment_id).await?;

@@ -232,6 +232,44 @@ impl Store {
         Ok(StoredSnapshot::from_row(&row)?)
     }
 
+    /// Claims the right to an API refresh: accepted (returns `None`) when no
+    /// request was accepted within `interval` before `now`, else returns how long
+    /// to wait. One statement, so of many simultaneous callers exactly one wins:
+    /// the losers' upserts wait on the winner's row lock and then see its stamp.
+    pub async fn claim_refresh_request(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+        interval: Duration,
+    ) -> Result<Option<Duration>, DbError> {
+        let client = self.pool.get().await?;
+        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let earliest_previous = now - chrono::TimeDelta::milliseconds(interval_ms);
+        let claimed = client
+            .query_opt(
+                "INSERT INTO experiment_exposures AS x (experiment_id, refresh_requested_at, updated_at)
+                 VALUES ($1, $2, now())
+                 ON CONFLICT (experiment_id) DO UPDATE
+                 SET refresh_requested_at = EXCLUDED.refresh_requested_at, updated_at = now()
+                 WHERE x.refresh_requested_at IS NULL OR x.refresh_requested_at <= $3
+                 RETURNING 1",
+                &[&id, &now, &earliest_previous],
+            )
+            .await?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let last: Option<DateTime<Utc>> = client
+            .query_one(
+                "SELECT refresh_requested_at FROM experiment_exposures WHERE experiment_id = $1",
+                &[&id],
+            )
+            .await?
+            .get(0);
+        let wait = last.map_or(Duration::ZERO, |last| positive(last - earliest_previous));
+        Ok(Some(wait.max(Duration::from_millis(1))))
+    }
+
     /// Stamps a failed refresh: only `last_error_at` (and `updated_at`) change,
     /// so the last good payload stays readable. A failure of a refresh older
     /// than the stored snapshot is not stamped: the newer data is good.
@@ -253,6 +291,11 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// A time difference as a `Duration`; negative differences are zero.
+fn positive(d: chrono::TimeDelta) -> Duration {
+    d.to_std().unwrap_or(Duration::ZERO)
 }
 
 fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {

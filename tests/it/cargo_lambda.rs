@@ -20,8 +20,11 @@ enum Expect {
 }
 
 fn expectation(file: &str) -> Option<Expect> {
+    /// The snapshot object of a refresh, from a direct answer or an API body.
     fn refreshed(v: &Value) {
-        assert_eq!(v["outcome"], "refreshed", "{v}");
+        if let Some(outcome) = v.get("outcome") {
+            assert!(outcome == "refreshed" || outcome == "final", "{v}");
+        }
         assert_eq!(v["experiment_id"], 42, "{v}");
         assert_eq!(v["exposures"]["payload"]["excluded_identities"], 1, "{v}");
         let points = &v["exposures"]["payload"]["timeseries"]["points"];
@@ -34,9 +37,34 @@ fn expectation(file: &str) -> Option<Expect> {
         | "scheduler-refresh.json" => Expect::Ok(refreshed),
         "migrate.json" => Expect::Ok(|v| assert_eq!(v["migrated"], serde_json::json!([]), "{v}")),
         "refresh-unknown-experiment.json" => Expect::Err("not_found"),
+        "api-v1-get-exposures.json"
+        | "api-v2-get-exposures.json"
+        | "api-v2-stage-prefix-get.json" => Expect::Ok(|v| refreshed(&api_body(v, 200))),
+        "api-v1-refresh.json" | "api-v2-refresh.json" => Expect::Ok(|v| {
+            let body = api_body(v, 200);
+            assert!(
+                body["exposures"]["refresh_requested_at"].is_string(),
+                "{body}"
+            );
+            refreshed(&body)
+        }),
+        "api-v1-proxy-bad-id.json" => {
+            Expect::Ok(|v| assert_eq!(api_body(v, 400)["error"], "bad_request"))
+        }
+        "api-v2-method-not-allowed.json" => Expect::Ok(|v| {
+            assert_eq!(api_body(v, 405)["error"], "method_not_allowed");
+            assert_eq!(v["headers"]["allow"], "GET");
+        }),
         "refresh-malformed.json" => Expect::Err("bad_request"),
         _ => return None,
     })
+}
+
+/// Checks a proxy response and returns its parsed body.
+fn api_body(v: &Value, status: u64) -> Value {
+    assert_eq!(v["statusCode"], status, "{v}");
+    assert_eq!(v["headers"]["content-type"], "application/json", "{v}");
+    serde_json::from_str(v["body"].as_str().expect("string body")).expect("JSON body")
 }
 
 struct Watch {
@@ -80,6 +108,8 @@ fn start_watch(env: &TestEnv) -> Watch {
         // Its own target dir: `cargo test` holds the lock on the default one.
         .env("CARGO_TARGET_DIR", root.join("target/cargo-lambda"))
         .env("RUST_LOG", "info")
+        // Several samples refresh experiment 42 in a row.
+        .env("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -164,6 +194,8 @@ async fn every_sample_event_through_cargo_lambda() {
         exposure("u3", "variant_a", &recent),
     ];
     env.insert(&events).await;
+    // Samples run in name order, and the API's GET samples read what a refresh stored.
+    env.invoke(serde_json::json!({"experiment_id": 42})).await.unwrap();
 
     let watch = start_watch(&env);
     let files = event_files();

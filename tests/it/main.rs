@@ -2,6 +2,7 @@
 //! (started by `scripts/servers.sh`), chDB for the current ClickHouse engine,
 //! and `cargo lambda` for the files in `events/`.
 
+mod api;
 mod cargo_lambda;
 mod chdb;
 mod helpers;
