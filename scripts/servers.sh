@@ -72,8 +72,13 @@ ch_config() {
         -e "s|<!-- <timezone>.*</timezone> -->|<timezone>$CH_TZ</timezone>|" \
         -e "s|<mark_cache_size>.*</mark_cache_size>|<mark_cache_size>268435456</mark_cache_size>|" \
         "$c"
-    # default user: empty password, loopback only
-    sed -i "s|<ip>::/0</ip>|<ip>::1</ip><ip>127.0.0.1</ip>|" "$CH_DIR/users.xml"
+    # default user: empty password, loopback only. User `limited` reads at most 20000
+    # rows per query: the tests use it to make one experiment's query fail for real.
+    sed -i \
+        -e "s|<ip>::/0</ip>|<ip>::1</ip><ip>127.0.0.1</ip>|" \
+        -e "s|</profiles>|    <limited><max_rows_to_read>20000</max_rows_to_read></limited>\n    </profiles>|" \
+        -e "s|</users>|    <limited><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>limited</profile><quota>default</quota></limited>\n    </users>|" \
+        "$CH_DIR/users.xml"
     grep -q "<timezone>$CH_TZ</timezone>" "$c" && ! grep -q '/var/lib/clickhouse/<\|/var/log/' "$c" ||
         die "editing $c failed (unexpected layout of /etc/clickhouse-server/config.xml)"
     chown clickhouse:clickhouse "$c" "$CH_DIR/users.xml"

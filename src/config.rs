@@ -72,6 +72,8 @@ pub struct Config {
     pub query_timeout: Duration,
     /// When set, the API serves only experiments in these environments (others: 403).
     pub api_allowed_environments: Option<Vec<String>>,
+    /// Refreshes a sweep runs at once.
+    pub sweep_concurrency: usize,
 }
 
 impl Config {
@@ -135,6 +137,13 @@ impl Config {
                 &get("EXPOSURES_QUERY_TIMEOUT_SECONDS", "120"),
                 1,
             )?,
+            sweep_concurrency: seconds(
+                "EXPOSURES_SWEEP_CONCURRENCY",
+                &get("EXPOSURES_SWEEP_CONCURRENCY", "4"),
+                1,
+            )?
+            .as_secs()
+            .min(64) as usize,
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {
@@ -165,7 +174,7 @@ fn seconds(variable: &'static str, value: &str, min: u64) -> Result<Duration, Co
         Ok(n) if n >= min => Ok(Duration::from_secs(n)),
         _ => Err(ConfigError::new(
             variable,
-            format!("must be a whole number of seconds, at least {min}"),
+            format!("must be a whole number, at least {min}"),
         )),
     }
 }
@@ -197,6 +206,24 @@ mod tests {
         );
         assert_eq!(c.experiments_relation, "experiments");
         assert_eq!(c.refresh_min_interval, Duration::from_secs(300));
+        assert_eq!(c.sweep_concurrency, 4);
+        assert_eq!(c.api_allowed_environments, None);
+    }
+
+    #[test]
+    fn lists_and_counts() {
+        let c = config(&[
+            ("EXPOSURES_API_ALLOWED_ENVIRONMENTS", " prod, staging ,,"),
+            ("EXPOSURES_SWEEP_CONCURRENCY", "8"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.api_allowed_environments,
+            Some(vec!["prod".into(), "staging".into()])
+        );
+        assert_eq!(c.sweep_concurrency, 8);
+        let e = config(&[("EXPOSURES_SWEEP_CONCURRENCY", "0")]).unwrap_err();
+        assert_eq!(e.variable, "EXPOSURES_SWEEP_CONCURRENCY");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod rfc3339;
 pub mod service;
 pub mod store;
 pub mod summary;
+pub mod sweep;
 pub mod warehouse;
 pub mod window;
 

@@ -15,7 +15,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = Arc::new(App::new(config)?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let app = Arc::clone(&app);
-        async move { handler::handle(&app, event.payload).await }
+        let deadline = handler::deadline_from_millis(event.context.deadline);
+        async move { handler::handle(&app, event.payload, deadline).await }
     }))
     .await
 }

@@ -104,7 +104,8 @@ impl App {
     /// Builds the clients; nothing connects until first use, so cold starts stay short.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         Ok(Self {
-            store: Store::new(&config, 8)?,
+            // The sweep's refreshes plus a few for API reads.
+            store: Store::new(&config, config.sweep_concurrency + 4)?,
             warehouse: Warehouse::new(&config),
             config,
             clock: Arc::new(Utc::now),

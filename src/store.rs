@@ -205,6 +205,23 @@ impl Store {
         Ok(Some((experiment, stored)))
     }
 
+    /// Ids of the experiments the sweep refreshes: started, `running`, `paused`
+    /// or `completed`, and without a final snapshot (SPEC 5.4).
+    pub async fn due_experiments(&self) -> Result<Vec<i64>, DbError> {
+        let client = self.pool.get().await?;
+        let sql = format!(
+            "SELECT e.id::bigint
+             FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
+             WHERE e.started_at IS NOT NULL
+               AND e.status IN ('running', 'paused', 'completed')
+               AND NOT (e.ended_at IS NOT NULL AND x.as_of IS NOT NULL AND x.as_of >= e.ended_at)
+             ORDER BY e.id",
+            self.experiments
+        );
+        let rows = client.query(&sql, &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Stores a good refresh unless a snapshot with a later `as_of` is already
     /// there (`as_of` never moves backwards). Returns the row as stored afterwards.
     pub async fn store_payload(

@@ -47,7 +47,7 @@ struct Answer {
 }
 
 async fn call(app: &App, request: Value) -> Answer {
-    let r = exposures::handler::handle(app, request)
+    let r = exposures::handler::handle(app, request, None)
         .await
         .expect("API requests always answer");
     assert_eq!(r["headers"]["content-type"], "application/json", "{r}");

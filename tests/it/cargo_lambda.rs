@@ -37,6 +37,14 @@ fn expectation(file: &str) -> Option<Expect> {
         | "scheduler-refresh.json" => Expect::Ok(refreshed),
         "migrate.json" => Expect::Ok(|v| assert_eq!(v["migrated"], serde_json::json!([]), "{v}")),
         "refresh-unknown-experiment.json" => Expect::Err("not_found"),
+        "refresh-due.json" | "eventbridge-rule-sweep.json" | "scheduler-sweep.json" => {
+            Expect::Ok(|v| {
+                assert_eq!(
+                    v,
+                    &serde_json::json!({"refreshed": [42], "failed": [], "skipped": []})
+                )
+            })
+        }
         "api-v1-get-exposures.json"
         | "api-v2-get-exposures.json"
         | "api-v2-stage-prefix-get.json" => Expect::Ok(|v| refreshed(&api_body(v, 200))),
@@ -82,6 +90,12 @@ impl Drop for Watch {
     }
 }
 
+fn log_file(root: &Path, name: &str) -> std::fs::File {
+    let dir = root.join("target/cargo-lambda");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join(name)).unwrap()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,6 +113,9 @@ fn start_watch(env: &TestEnv) -> Watch {
         .args([
             "lambda",
             "watch",
+            // The emulator's invocation deadline; the sweep plans around it.
+            "--timeout",
+            "60",
             "--invoke-address",
             "127.0.0.1",
             "--invoke-port",
@@ -111,8 +128,9 @@ fn start_watch(env: &TestEnv) -> Watch {
         // Several samples refresh experiment 42 in a row.
         .env("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "0")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        // The function's logs, for a look after a failure.
+        .stdout(log_file(root, "watch.log"))
+        .stderr(log_file(root, "watch.err.log"))
         .process_group(0);
     for (key, value) in &env.settings {
         command.env(key, value);
@@ -195,7 +213,9 @@ async fn every_sample_event_through_cargo_lambda() {
     ];
     env.insert(&events).await;
     // Samples run in name order, and the API's GET samples read what a refresh stored.
-    env.invoke(serde_json::json!({"experiment_id": 42})).await.unwrap();
+    env.invoke(serde_json::json!({"experiment_id": 42}))
+        .await
+        .unwrap();
 
     let watch = start_watch(&env);
     let files = event_files();

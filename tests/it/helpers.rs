@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use exposures::service::Clock;
 use exposures::{handler, App, Config, Error};
 use serde_json::Value;
 
@@ -180,7 +181,11 @@ impl TestEnv {
         settings.extend(options.settings.into_iter().map(|(k, v)| (k.to_owned(), v)));
 
         let now = Arc::new(Mutex::new(Utc::now()));
-        let app = build_app(&settings, &now);
+        let clock_now = Arc::clone(&now);
+        let config = Config::from_lookup(|k| settings.get(k).cloned()).expect("test config");
+        let app = App::new(config)
+            .expect("app")
+            .with_clock(Arc::new(move || *clock_now.lock().unwrap()));
         app.store.migrate().await.expect("migrations apply");
         Self {
             app,
@@ -193,13 +198,20 @@ impl TestEnv {
 
     /// Another app on the same databases (its own pools and caches).
     pub fn another_app(&self, overrides: &[(&str, &str)]) -> App {
+        let now = Arc::clone(&self.now);
+        self.app_with_clock(overrides, Arc::new(move || *now.lock().unwrap()))
+    }
+
+    /// Another app on the same databases with its own clock.
+    pub fn app_with_clock(&self, overrides: &[(&str, &str)], clock: Clock) -> App {
         let mut settings = self.settings.clone();
         settings.extend(
             overrides
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        build_app(&settings, &self.now)
+        let config = Config::from_lookup(|k| settings.get(k).cloned()).expect("test config");
+        App::new(config).expect("app").with_clock(clock)
     }
 
     /// Sets the app's clock.
@@ -256,7 +268,7 @@ impl TestEnv {
 
     /// Invokes the handler as the Lambda runtime would.
     pub async fn invoke(&self, event: Value) -> Result<Value, Error> {
-        handler::handle(&self.app, event).await
+        handler::handle(&self.app, event, None).await
     }
 
     /// The stored `experiment_exposures` row as JSON (`null` when absent).
@@ -271,12 +283,4 @@ impl TestEnv {
             .map(|row| row.get(0))
             .unwrap_or(Value::Null)
     }
-}
-
-fn build_app(settings: &HashMap<String, String>, now: &Arc<Mutex<DateTime<Utc>>>) -> App {
-    let config = Config::from_lookup(|k| settings.get(k).cloned()).expect("test config");
-    let now = Arc::clone(now);
-    App::new(config)
-        .expect("app")
-        .with_clock(Arc::new(move || *now.lock().unwrap()))
 }

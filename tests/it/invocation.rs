@@ -85,7 +85,7 @@ async fn database_unavailable_is_reported() {
         "DATABASE_URL",
         "postgres://postgres@127.0.0.1:1/none?connect_timeout=2",
     )]);
-    let err = exposures::handler::handle(&app, json!({"experiment_id": 1}))
+    let err = exposures::handler::handle(&app, json!({"experiment_id": 1}), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "database_unavailable");

@@ -10,3 +10,4 @@ mod invocation;
 mod refresh;
 mod scenarios;
 mod store;
+mod sweep;

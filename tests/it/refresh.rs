@@ -165,7 +165,7 @@ async fn running_then_completed_experiment_becomes_final() {
 
     // Final: returned as stored, without querying ClickHouse (here: unreachable).
     let offline = env.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")]);
-    let again = exposures::handler::handle(&offline, json!({"experiment_id": id}))
+    let again = exposures::handler::handle(&offline, json!({"experiment_id": id}), None)
         .await
         .unwrap();
     assert_eq!(again["outcome"], "final");
@@ -213,7 +213,7 @@ async fn unreachable_clickhouse_stamps_the_failure_and_keeps_the_payload() {
 
     let offline = env.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")]);
     env.set_now(ts("2026-06-01T07:00:00Z"));
-    let err = exposures::handler::handle(&offline, json!({"experiment_id": id}))
+    let err = exposures::handler::handle(&offline, json!({"experiment_id": id}), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "warehouse_error");

@@ -98,7 +98,7 @@ async fn migrate_applies_to_an_empty_database_concurrently() {
     let apps: Vec<_> = (0..4).map(|_| env.another_app(&[])).collect();
     let results = futures_util::future::join_all(
         apps.iter()
-            .map(|app| exposures::handler::handle(app, json!({"action": "migrate"}))),
+            .map(|app| exposures::handler::handle(app, json!({"action": "migrate"}), None)),
     )
     .await;
     let applied: Vec<usize> = results
