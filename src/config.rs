@@ -74,6 +74,8 @@ pub struct Config {
     pub api_allowed_environments: Option<Vec<String>>,
     /// Refreshes a sweep runs at once.
     pub sweep_concurrency: usize,
+    /// Extra CA certificates (PEM) trusted for PostgreSQL TLS, e.g. the RDS bundle.
+    pub database_ca_file: Option<String>,
 }
 
 impl Config {
@@ -144,6 +146,7 @@ impl Config {
             )?
             .as_secs()
             .min(64) as usize,
+            database_ca_file: lookup("DATABASE_CA_FILE").filter(|v| !v.trim().is_empty()),
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {

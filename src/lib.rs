@@ -9,6 +9,7 @@ pub mod error;
 pub mod handler;
 pub mod intake;
 pub mod rfc3339;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod summary;

@@ -11,7 +11,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     // One crypto provider for every TLS client (ClickHouse over HTTPS, PostgreSQL).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
+    exposures::secrets::resolve(&mut config, |name| std::env::var(name).ok()).await?;
     let app = Arc::new(App::new(config)?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let app = Arc::clone(&app);

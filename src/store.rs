@@ -112,7 +112,7 @@ impl Store {
         }
         let manager = Manager::from_config(
             pg,
-            tls_connector(),
+            tls_connector(config.database_ca_file.as_deref())?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -315,16 +315,42 @@ fn positive(d: chrono::TimeDelta) -> Duration {
     d.to_std().unwrap_or(Duration::ZERO)
 }
 
-fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// rustls with ring (the one crypto provider of the binary), the Mozilla roots,
+/// and the certificates of `DATABASE_CA_FILE` when set: RDS and most managed
+/// PostgreSQL services sign with a CA of their own.
+fn tls_connector(
+    ca_file: Option<&str>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
+    let fail = |reason: String| ConfigError {
+        variable: "DATABASE_CA_FILE",
+        reason,
+    };
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read {path} ({e})")))?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(format!("{path} is not a PEM bundle ({e})")))?;
+        if certs.is_empty() {
+            return Err(fail(format!("{path} holds no certificate")));
+        }
+        let (_, ignored) = roots.add_parsable_certificates(certs);
+        if ignored > 0 {
+            tracing::warn!(
+                ignored,
+                "DATABASE_CA_FILE: some certificates could not be used"
+            );
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(
         rustls::crypto::ring::default_provider().into(),
     )
     .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
+    .map_err(|e| fail(format!("TLS setup failed ({e})")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 #[cfg(test)]

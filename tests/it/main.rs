@@ -9,5 +9,6 @@ mod helpers;
 mod invocation;
 mod refresh;
 mod scenarios;
+mod secrets;
 mod store;
 mod sweep;
