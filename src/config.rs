@@ -49,6 +49,24 @@ impl ConfigError {
     }
 }
 
+/// Every variable the function reads (the README documents each one).
+pub const VARIABLES: &[&str] = &[
+    "CLICKHOUSE_URL",
+    "CLICKHOUSE_USER",
+    "CLICKHOUSE_PASSWORD",
+    "CLICKHOUSE_PASSWORD_SECRET_ARN",
+    "CLICKHOUSE_DATABASE",
+    "EXPOSURES_EVENTS_TABLE",
+    "DATABASE_URL",
+    "DATABASE_URL_SECRET_ARN",
+    "DATABASE_CA_FILE",
+    "EXPOSURES_EXPERIMENTS_RELATION",
+    "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS",
+    "EXPOSURES_QUERY_TIMEOUT_SECONDS",
+    "EXPOSURES_SWEEP_CONCURRENCY",
+    "EXPOSURES_API_ALLOWED_ENVIRONMENTS",
+];
+
 /// Everything the function needs to know about its surroundings.
 #[derive(Debug, Clone)]
 pub struct Config {

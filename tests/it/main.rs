@@ -12,3 +12,4 @@ mod scenarios;
 mod secrets;
 mod store;
 mod sweep;
+mod template;
