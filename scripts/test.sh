@@ -19,3 +19,19 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets
+
+# What `sam build` runs (BuildMethod: rust-cargolambda): a release build for Lambda's arm64.
+# Cross-compiling needs the aarch64 standard library; where rustup cannot fetch it,
+# build for x86-64 instead (README: how to build arm64 elsewhere).
+echo "== cargo lambda build --release --arm64"
+if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' ||
+    rustup target add aarch64-unknown-linux-gnu </dev/null; then
+    arch=--arm64 expect=aarch64
+else
+    echo "test.sh: no aarch64 target here; building --x86-64 instead" >&2
+    arch=--x86-64 expect=x86-64
+fi
+cargo lambda build --release "$arch" </dev/null
+bootstrap=target/lambda/exposures/bootstrap
+file "$bootstrap" | grep -q "$expect" || { echo "test.sh: $bootstrap is not $expect" >&2; exit 1; }
+echo "test.sh: built $bootstrap ($expect, $(stat -c %s "$bootstrap") bytes)"
