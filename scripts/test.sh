@@ -26,12 +26,13 @@ cargo test --all-targets
 echo "== cargo lambda build --release --arm64"
 if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$' ||
     rustup target add aarch64-unknown-linux-gnu </dev/null; then
-    arch=--arm64 expect=aarch64
+    arch=--arm64 machine=183 # ELF e_machine of aarch64
 else
     echo "test.sh: no aarch64 target here; building --x86-64 instead" >&2
-    arch=--x86-64 expect=x86-64
+    arch=--x86-64 machine=62 # x86-64
 fi
 cargo lambda build --release "$arch" </dev/null
 bootstrap=target/lambda/exposures/bootstrap
-file "$bootstrap" | grep -q "$expect" || { echo "test.sh: $bootstrap is not $expect" >&2; exit 1; }
-echo "test.sh: built $bootstrap ($expect, $(stat -c %s "$bootstrap") bytes)"
+[ "$(od -An -tu2 -j18 -N2 "$bootstrap" | tr -d ' ')" = "$machine" ] ||
+    { echo "test.sh: $bootstrap is not a $arch binary" >&2; exit 1; }
+echo "test.sh: built $bootstrap ($arch, $(stat -c %s "$bootstrap") bytes)"
