@@ -410,7 +410,7 @@ async fn warehouse_failure_is_502_stamped_and_keeps_the_payload() {
     let good = call(&env.app, v2("POST", &path, None)).await;
     assert_eq!(good.status, 200);
 
-    let offline = env.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")]);
+    let offline = env.app_without_clickhouse();
     env.set_now(ts("2026-06-01T03:00:00Z"));
     let a = call(&offline, v2("POST", &path, None)).await;
     assert_error(&a, 502, "warehouse_error");
@@ -435,10 +435,7 @@ async fn warehouse_failure_is_502_stamped_and_keeps_the_payload() {
 #[tokio::test]
 async fn database_unavailable_is_503() {
     let env = TestEnv::new().await;
-    let app = env.another_app(&[(
-        "DATABASE_URL",
-        "postgres://postgres:hunter2@127.0.0.1:1/none?connect_timeout=2",
-    )]);
+    let app = env.app_without_postgres();
     for request in [
         v1("GET", "/experiments/1/exposures", None),
         v2("POST", "/experiments/1/exposures/refresh", None),

@@ -202,6 +202,20 @@ impl TestEnv {
         self.app_with_clock(overrides, Arc::new(move || *now.lock().unwrap()))
     }
 
+    /// An app whose ClickHouse refuses connections (nothing listens on port 1).
+    pub fn app_without_clickhouse(&self) -> App {
+        self.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")])
+    }
+
+    /// An app whose PostgreSQL refuses connections; its URL carries a password
+    /// (`hunter2`) so tests can check it never shows.
+    pub fn app_without_postgres(&self) -> App {
+        self.another_app(&[(
+            "DATABASE_URL",
+            "postgres://postgres:hunter2@127.0.0.1:1/none?connect_timeout=2",
+        )])
+    }
+
     /// Another app on the same databases with its own clock.
     pub fn app_with_clock(&self, overrides: &[(&str, &str)], clock: Clock) -> App {
         let mut settings = self.settings.clone();

@@ -81,10 +81,7 @@ async fn malformed_input_fails_and_writes_nothing() {
 #[tokio::test]
 async fn database_unavailable_is_reported() {
     let env = TestEnv::new().await;
-    let app = env.another_app(&[(
-        "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:1/none?connect_timeout=2",
-    )]);
+    let app = env.app_without_postgres();
     let err = exposures::handler::handle(&app, json!({"experiment_id": 1}), None)
         .await
         .unwrap_err();

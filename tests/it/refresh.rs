@@ -164,7 +164,7 @@ async fn running_then_completed_experiment_becomes_final() {
     );
 
     // Final: returned as stored, without querying ClickHouse (here: unreachable).
-    let offline = env.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")]);
+    let offline = env.app_without_clickhouse();
     let again = exposures::handler::handle(&offline, json!({"experiment_id": id}), None)
         .await
         .unwrap();
@@ -211,7 +211,7 @@ async fn unreachable_clickhouse_stamps_the_failure_and_keeps_the_payload() {
     let before = env.stored(id).await;
     assert_eq!(before["last_error_at"], Value::Null);
 
-    let offline = env.another_app(&[("CLICKHOUSE_URL", "http://127.0.0.1:1")]);
+    let offline = env.app_without_clickhouse();
     env.set_now(ts("2026-06-01T07:00:00Z"));
     let err = exposures::handler::handle(&offline, json!({"experiment_id": id}), None)
         .await

@@ -186,10 +186,7 @@ async fn stops_starting_refreshes_when_the_deadline_is_near() {
 #[tokio::test]
 async fn sweep_fails_only_when_it_cannot_run() {
     let env = TestEnv::new().await;
-    let app = env.another_app(&[(
-        "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:1/none?connect_timeout=2",
-    )]);
+    let app = env.app_without_postgres();
     let err = exposures::handler::handle(&app, json!({"action": "refresh_due"}), None)
         .await
         .unwrap_err();
