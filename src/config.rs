@@ -147,23 +147,21 @@ impl Config {
                 "EXPOSURES_EXPERIMENTS_RELATION",
                 get("EXPOSURES_EXPERIMENTS_RELATION", "experiments"),
             )?,
-            refresh_min_interval: seconds(
+            refresh_min_interval: Duration::from_secs(number(
                 "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS",
                 &get("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "300"),
-                0,
-            )?,
-            query_timeout: seconds(
+                0..=31 * 86_400,
+            )?),
+            query_timeout: Duration::from_secs(number(
                 "EXPOSURES_QUERY_TIMEOUT_SECONDS",
                 &get("EXPOSURES_QUERY_TIMEOUT_SECONDS", "120"),
-                1,
-            )?,
-            sweep_concurrency: seconds(
+                1..=3_600,
+            )?),
+            sweep_concurrency: number(
                 "EXPOSURES_SWEEP_CONCURRENCY",
                 &get("EXPOSURES_SWEEP_CONCURRENCY", "4"),
-                1,
-            )?
-            .as_secs()
-            .min(64) as usize,
+                1..=64,
+            )? as usize,
             database_ca_file: lookup("DATABASE_CA_FILE").filter(|v| !v.trim().is_empty()),
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
@@ -190,12 +188,21 @@ fn identifier(variable: &'static str, value: String) -> Result<String, ConfigErr
     Ok(value)
 }
 
-fn seconds(variable: &'static str, value: &str, min: u64) -> Result<Duration, ConfigError> {
+/// Bounded, so that later arithmetic on times and counts cannot overflow.
+fn number(
+    variable: &'static str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
     match value.trim().parse::<u64>() {
-        Ok(n) if n >= min => Ok(Duration::from_secs(n)),
+        Ok(n) if range.contains(&n) => Ok(n),
         _ => Err(ConfigError::new(
             variable,
-            format!("must be a whole number, at least {min}"),
+            format!(
+                "must be a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
         )),
     }
 }
@@ -243,8 +250,20 @@ mod tests {
             Some(vec!["prod".into(), "staging".into()])
         );
         assert_eq!(c.sweep_concurrency, 8);
-        let e = config(&[("EXPOSURES_SWEEP_CONCURRENCY", "0")]).unwrap_err();
-        assert_eq!(e.variable, "EXPOSURES_SWEEP_CONCURRENCY");
+        for (variable, value) in [
+            ("EXPOSURES_SWEEP_CONCURRENCY", "0"),
+            ("EXPOSURES_SWEEP_CONCURRENCY", "65"),
+            ("EXPOSURES_QUERY_TIMEOUT_SECONDS", "0"),
+            (
+                "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS",
+                "18446744073709551615",
+            ),
+            ("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "-1"),
+        ] {
+            let e = config(&[(variable, value)]).unwrap_err();
+            assert_eq!(e.variable, variable);
+            assert!(e.reason.starts_with("must be a whole number from"), "{e}");
+        }
     }
 
     #[test]

@@ -34,6 +34,14 @@ pub enum DbError {
     /// A statement failed.
     #[error("PostgreSQL statement failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// A row of the experiments relation cannot be used (e.g. a NULL key).
+    #[error("experiments relation {relation}: {reason}")]
+    BadRow {
+        /// The configured relation.
+        relation: String,
+        /// What is wrong, naming the column.
+        reason: String,
+    },
 }
 
 /// An experiment, as read from the experiments relation.
@@ -189,13 +197,23 @@ impl Store {
         let Some(row) = client.query_opt(&sql, &[&id]).await? else {
             return Ok(None);
         };
+        let column = |name: &str| DbError::BadRow {
+            relation: self.experiments.clone(),
+            reason: format!("experiment {id}: column {name} is NULL or of an unexpected type"),
+        };
         let experiment = Experiment {
-            id: row.try_get("id")?,
-            environment_key: row.try_get("environment_key")?,
-            feature_name: row.try_get("feature_name")?,
-            status: row.try_get("status")?,
-            started_at: row.try_get("started_at")?,
-            ended_at: row.try_get("ended_at")?,
+            id: row.try_get("id").map_err(|_| column("id"))?,
+            environment_key: row
+                .try_get("environment_key")
+                .map_err(|_| column("environment_key"))?,
+            feature_name: row
+                .try_get("feature_name")
+                .map_err(|_| column("feature_name"))?,
+            status: row.try_get("status").map_err(|_| column("status"))?,
+            started_at: row
+                .try_get("started_at")
+                .map_err(|_| column("started_at"))?,
+            ended_at: row.try_get("ended_at").map_err(|_| column("ended_at"))?,
         };
         let stored = if row.try_get("stored")? {
             Some(StoredSnapshot::from_row(&row)?)
@@ -212,14 +230,17 @@ impl Store {
         let sql = format!(
             "SELECT e.id::bigint
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
-             WHERE e.started_at IS NOT NULL
+             WHERE e.id IS NOT NULL AND e.started_at IS NOT NULL
                AND e.status IN ('running', 'paused', 'completed')
                AND NOT (e.ended_at IS NOT NULL AND x.as_of IS NOT NULL AND x.as_of >= e.ended_at)
              ORDER BY e.id",
             self.experiments
         );
         let rows = client.query(&sql, &[]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Stores a good refresh unless a snapshot with a later `as_of` is already
@@ -282,7 +303,7 @@ impl Store {
                 &[&id],
             )
             .await?
-            .get(0);
+            .try_get(0)?;
         let wait = last.map_or(Duration::ZERO, |last| positive(last - earliest_previous));
         Ok(Some(wait.max(Duration::from_millis(1))))
     }

@@ -150,3 +150,32 @@ async fn experiments_relation_may_be_a_view() {
         json!({"control": 1})
     );
 }
+
+#[tokio::test]
+async fn malformed_rows_in_an_experiments_view_fail_cleanly() {
+    let env = TestEnv::with(Options {
+        settings: vec![("EXPOSURES_EXPERIMENTS_RELATION", "loose_experiments".into())],
+        ..Options::default()
+    })
+    .await;
+    env.pg
+        .batch_execute(
+            "CREATE VIEW loose_experiments AS
+               SELECT * FROM (VALUES
+                 (1::bigint, 'prod'::text, 'checkout'::text, 'running'::text, '2026-06-01T00:00:00Z'::timestamptz, NULL::timestamptz),
+                 (2, NULL, 'checkout', 'running', '2026-06-01T00:00:00Z', NULL),
+                 (NULL, 'prod', 'checkout', 'running', '2026-06-01T00:00:00Z', NULL)
+               ) AS t (id, environment_key, feature_name, status, started_at, ended_at);",
+        )
+        .await
+        .unwrap();
+    env.set_now(ts("2026-06-01T02:00:00Z"));
+    let err = env.invoke(json!({"experiment_id": 2})).await.unwrap_err();
+    assert_eq!(err.code(), "database_unavailable");
+    assert!(err.to_string().contains("environment_key"), "{err}");
+    let report = env.invoke(json!({"action": "refresh_due"})).await.unwrap();
+    assert_eq!(
+        report,
+        json!({"refreshed": [1], "failed": [2], "skipped": []})
+    );
+}
