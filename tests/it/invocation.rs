@@ -91,3 +91,26 @@ async fn database_unavailable_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_configuration_fails_the_cold_start_naming_the_variable() {
+    for (variable, value) in [
+        ("EXPOSURES_SWEEP_CONCURRENCY", "many"),
+        ("CLICKHOUSE_URL", "clickhouse:8123"),
+        ("DATABASE_URL", "postgres://app:hunter2@[::1"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_exposures"))
+            .env(variable, value)
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:1")
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{variable}: {printed}");
+        assert!(printed.contains(variable), "{variable}: {printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+}
