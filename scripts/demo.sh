@@ -5,14 +5,14 @@
 # experiment 42 with synthetic exposures (scripts/seed-demo.sh), refreshes its snapshot through
 # `cargo lambda invoke`, and shows the answer, a summary and the stored PostgreSQL row.
 # Rerunnable; the servers stay up (scripts/servers.sh stop), the emulator is always stopped.
-# Settings: DEMO_PORT (19301), CARGO_TARGET_DIR (target/demo), DEMO_IDENTITIES (20000).
+# Settings: DEMO_PORT (19301), CARGO_TARGET_DIR (target), DEMO_IDENTITIES (20000).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PORT=${DEMO_PORT:-19301}
-# Its own target dir: a `cargo test` or `cargo clippy` elsewhere holds the lock on target/.
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/demo}
-LOG=$CARGO_TARGET_DIR/watch.log
+# The same target dir as the tests, so a demo after a test run (or the reverse) builds nothing twice.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+LOG=$CARGO_TARGET_DIR/demo-watch.log
 WATCH_PGID=
 
 step() { printf '\n== %s\n' "$*"; }

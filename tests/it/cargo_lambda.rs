@@ -122,8 +122,8 @@ fn start_watch(env: &TestEnv) -> Watch {
         ])
         .arg(port.to_string())
         .current_dir(root)
-        // Its own target dir: `cargo test` holds the lock on the default one.
-        .env("CARGO_TARGET_DIR", root.join("target/cargo-lambda"))
+        // The tests' own target dir, so the dependencies built for the tests are reused.
+        .env("CARGO_TARGET_DIR", root.join("target"))
         .env("RUST_LOG", "info")
         // Several samples refresh experiment 42 in a row.
         .env("EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS", "0")
