@@ -295,6 +295,8 @@ impl RuntimeApi {
 }
 
 fn serve(stream: TcpStream, queue: &Queue, reports: &Sender<Report>) -> std::io::Result<()> {
+    // Each answer goes out as one segment, right away (no Nagle wait on our side).
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -332,15 +334,15 @@ fn serve(stream: TcpStream, queue: &Queue, reports: &Sender<Report>) -> std::io:
                 }
             };
             let deadline = Utc::now().timestamp_millis() + 300_000;
-            write!(
-                writer,
+            let answer = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {id}\r\n\
                  Lambda-Runtime-Deadline-Ms: {deadline}\r\n\
                  Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:eu-west-1:123456789012:function:exposures\r\n\
                  Lambda-Runtime-Trace-Id: Root=1-00000000-000000000000000000000000\r\n\
                  Content-Length: {}\r\n\r\n{event}",
                 event.len()
-            )?;
+            );
+            writer.write_all(answer.as_bytes())?;
         } else {
             let ok = path.ends_with("/response");
             if path.contains("/invocation/") {
@@ -357,9 +359,8 @@ fn serve(stream: TcpStream, queue: &Queue, reports: &Sender<Report>) -> std::io:
                     body: String::from_utf8_lossy(&body).into_owned(),
                 });
             }
-            write!(
-                writer,
-                "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            writer.write_all(
+                b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
             )?;
         }
         writer.flush()?;
@@ -555,6 +556,7 @@ fn free_port() -> Res<u16> {
 struct CargoLambdaResult {
     warm_ms: f64,
     warm_clickhouse_ms: f64,
+    cli_ms: f64,
 }
 
 /// End to end through `cargo lambda watch --release` and `cargo lambda invoke`.
@@ -641,9 +643,20 @@ async fn through_cargo_lambda(
         warm.push(invoke()?);
     }
     let clickhouse = clickhouse_times(since).await?;
+    // The start of the `cargo lambda` CLI itself, part of every `cargo lambda invoke`.
+    let mut cli = Vec::new();
+    for _ in 0..args.invokes {
+        let started = Instant::now();
+        Command::new("cargo")
+            .args(["lambda", "--version"])
+            .stdout(Stdio::null())
+            .status()?;
+        cli.push(ms(started.elapsed()));
+    }
     Ok(CargoLambdaResult {
         warm_ms: median(warm),
         warm_clickhouse_ms: median(clickhouse),
+        cli_ms: median(cli),
     })
 }
 
@@ -651,6 +664,19 @@ async fn through_cargo_lambda(
 fn arm64_artifact() -> Res<(u64, String)> {
     let target = repo().join("target/bench/lambda-arm64");
     log("cargo lambda build --release --arm64 (deployable artifact)");
+    // Rebuild this crate (not its dependencies), so the verbose log shows the rustc flags it got.
+    let fingerprints = target.join("aarch64-unknown-linux-gnu/release/.fingerprint");
+    if let Ok(dir) = std::fs::read_dir(&fingerprints) {
+        for entry in dir.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("exposures-")
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     // cargo-lambda 1.9 hands `--target-dir` to `cargo metadata`, which rejects it: use the variable.
     let out = Command::new("cargo")
         .args(["lambda", "build", "--release", "--arm64", "--verbose"])
@@ -670,9 +696,15 @@ fn arm64_artifact() -> Res<(u64, String)> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let panic = if text.contains("panic=abort") || text.contains("profile.release.panic=\"abort\"")
-    {
-        "abort (cargo-lambda's default: Cargo.toml does not set `panic`)".to_owned()
+    let crate_line = text
+        .lines()
+        .find(|l| l.contains("--crate-name exposures") && l.contains("--crate-type bin"))
+        .unwrap_or_default();
+    let panic = if crate_line.is_empty() {
+        "unknown (no rustc command line in the log)".to_owned()
+    } else if crate_line.contains("panic=abort") {
+        "abort (cargo-lambda adds `profile.release.panic=\"abort\"` when Cargo.toml does not set `panic`)"
+            .to_owned()
     } else {
         "unwind".to_owned()
     };
@@ -745,11 +777,13 @@ async fn run(args: &Args) -> Res<()> {
     if let Some(c) = &cargo_lambda {
         let _ = writeln!(
             out,
-            "\nThrough `cargo lambda watch --release` + `cargo lambda invoke` (includes the invoke CLI's own start): \
-             warm invocation {:.1} ms, of which ClickHouse {:.1} ms, overhead {:.1} ms.",
+            "\nThrough `cargo lambda watch --release` + `cargo lambda invoke`: warm invocation {:.1} ms end to end, \
+             of which ClickHouse {:.1} ms and the start of the `cargo lambda` CLI {:.1} ms (`cargo lambda --version`); \
+             the rest, {:.1} ms, is the emulator and the handler.",
             c.warm_ms,
             c.warm_clickhouse_ms,
-            c.warm_ms - c.warm_clickhouse_ms
+            c.cli_ms,
+            c.warm_ms - c.warm_clickhouse_ms - c.cli_ms
         );
     }
     if let Some((size, panic)) = &arm64 {
