@@ -1013,6 +1013,13 @@ fn report(
             "  project time / floor      = {floor:.2} (stretch <= {MAX_TIME_VS_FLOOR:.0}): {}",
             verdict(floor <= MAX_TIME_VS_FLOOR)
         );
+        if let Some(p) = e.stats.get("project") {
+            let _ = writeln!(
+                out,
+                "  project spilled to disk (external aggregation parts): {:.0}",
+                p.spilled_parts
+            );
+        }
         if exact {
             let _ = writeln!(
                 out,
