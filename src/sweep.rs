@@ -50,9 +50,11 @@ enum Done {
 pub async fn refresh_due(app: &App, deadline: Option<DateTime<Utc>>) -> Result<SweepReport, Error> {
     let began = std::time::Instant::now();
     let due = app.store.due_experiments().await?;
+    // The deadline itself, not the time left: reading the clock here would make
+    // the sweep's timing depend on whether logging is enabled.
     tracing::info!(
         due = due.len(),
-        remaining_ms = deadline.map(|d| (d - app.now()).num_milliseconds()),
+        deadline = deadline.map(|d| crate::rfc3339::format(&d)),
         "sweep started"
     );
     let timeout = app.config.query_timeout;
