@@ -4,6 +4,7 @@
 //! enum, so that a malformed input gets a message saying what was expected.
 
 use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayV2httpRequest};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// What one invocation asks for.
@@ -78,7 +79,7 @@ pub fn parse(event: &Value) -> Result<Invocation, IntakeError> {
     }
     if map.contains_key("httpMethod") || map.contains_key("routeKey") || map.contains_key("rawPath")
     {
-        return http(map).map(Invocation::Http);
+        return http(event, map).map(Invocation::Http);
     }
     command(map, "").map(Invocation::Command)
 }
@@ -183,12 +184,11 @@ fn scheduled(map: &Map<String, Value>) -> Result<Command, IntakeError> {
 
 /// REST API (1.0) or HTTP API (2.0) proxy request, read with the canonical
 /// `aws_lambda_events` types so that real AWS payloads parse as AWS sends them.
-fn http(map: &Map<String, Value>) -> Result<HttpRequest, IntakeError> {
-    let event = Value::Object(map.clone());
+fn http(event: &Value, map: &Map<String, Value>) -> Result<HttpRequest, IntakeError> {
     let is_v2 =
         map.get("version").and_then(Value::as_str) == Some("2.0") || map.contains_key("rawPath");
     if is_v2 {
-        let r: ApiGatewayV2httpRequest = serde_json::from_value(event)
+        let r = ApiGatewayV2httpRequest::deserialize(event)
             .map_err(|e| err(format!("malformed API Gateway HTTP API (2.0) request: {e}")))?;
         let path = r
             .raw_path
@@ -201,7 +201,7 @@ fn http(map: &Map<String, Value>) -> Result<HttpRequest, IntakeError> {
             id_param: r.path_parameters.get("id").cloned(),
         })
     } else {
-        let r: ApiGatewayProxyRequest = serde_json::from_value(event)
+        let r = ApiGatewayProxyRequest::deserialize(event)
             .map_err(|e| err(format!("malformed API Gateway REST API (1.0) request: {e}")))?;
         Ok(HttpRequest {
             version: PayloadVersion::V1,
