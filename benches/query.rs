@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use clickhouse::sql::Identifier;
-use exposures::summary::{Count, Payload};
+use exposures::summary::Payload;
 use exposures::warehouse::{BucketRow, Target, TimestampKind, Warehouse, EXPOSURE_EVENT};
 use exposures::window::Window;
 use exposures::Config;
@@ -258,8 +258,41 @@ SELECT toUInt64(count()) AS identities
 FROM (SELECT count() AS n FROM ? WHERE {filter} GROUP BY identifier)",
 };
 
+const FINGERPRINT_MIN: Reference = Reference {
+    name: "fingerprint-min",
+    shape: Shape::Count,
+    about:
+        "GROUP BY sipHash128(identifier) with min(timestamp) only (least work of any plan keyed \
+            on the 128-bit fingerprint: no variant, no quarantine)",
+    // The outer filter uses `first_seen`, so the server cannot drop the aggregate.
+    sql: "\
+SELECT toUInt64(countIf(toUInt32(toDateTime(first_seen)) > 0)) AS identities
+FROM (SELECT min(timestamp) AS first_seen FROM ? WHERE {filter} GROUP BY sipHash128(identifier))",
+};
+
 /// Shapes measured and not adopted (`--alternatives`); see the README's Performance section.
-const ALTERNATIVES: [Reference; 2] = [
+const ALTERNATIVES: [Reference; 3] = [
+    Reference {
+        name: "alt-string-key",
+        shape: Shape::Buckets,
+        about: "the previous project query: GROUP BY identifier (the string), min(timestamp), \
+                min(value) and max(value)",
+        sql: "\
+SELECT
+    toUInt8(min_value != max_value) AS quarantined,
+    toUInt32(if(min_value = max_value, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
+    if(min_value = max_value, min_value, '') AS variant,
+    toUInt64(count()) AS identities
+FROM
+(
+    SELECT min(timestamp) AS first_seen, min(value) AS min_value, max(value) AS max_value
+    FROM ?
+    WHERE {filter}
+    GROUP BY identifier
+)
+GROUP BY quarantined, bucket, variant
+ORDER BY bucket, variant",
+    },
     Reference {
         name: "alt-dictionary",
         shape: Shape::Buckets,
@@ -631,8 +664,36 @@ fn run_of(row: &LogRow) -> Run {
     }
 }
 
-fn payload_of(window: &Window, rows: Vec<BucketRow>) -> Payload {
-    Payload::build(window.granularity, rows.into_iter().map(Count::from))
+/// The project's rows, read the way the function reads them.
+fn payload_of(window: &Window, rows: Vec<BucketRow>) -> Res<Payload> {
+    Ok(Payload::build(
+        window.granularity,
+        exposures::warehouse::counts(rows)?,
+    ))
+}
+
+/// A row of a reference bucket query (the project's shape without `unresolved`).
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ReferenceRow {
+    quarantined: u8,
+    bucket: u32,
+    variant: String,
+    identities: u64,
+}
+
+fn reference_payload(window: &Window, rows: Vec<ReferenceRow>) -> Res<Payload> {
+    payload_of(
+        window,
+        rows.into_iter()
+            .map(|r| BucketRow {
+                quarantined: r.quarantined,
+                bucket: r.bucket,
+                variant: r.variant,
+                identities: r.identities,
+                unresolved: 0,
+            })
+            .collect(),
+    )
 }
 
 /// The result of one execution on the server, checked against the dataset.
@@ -657,7 +718,7 @@ async fn execute_server(
     if name == "project" {
         let query = warehouse.exposures_query(TimestampKind::DateTime, target(), window);
         let rows = tag(query).fetch_all::<BucketRow>().await?;
-        return Ok(Outcome::Buckets(payload_of(window, rows)));
+        return Ok(Outcome::Buckets(payload_of(window, rows)?));
     }
     let reference = references
         .iter()
@@ -665,9 +726,7 @@ async fn execute_server(
         .ok_or("unknown query")?;
     let query = tag(reference.query(client, Engine::Server, window));
     Ok(match reference.shape {
-        Shape::Buckets => {
-            Outcome::Buckets(payload_of(window, query.fetch_all::<BucketRow>().await?))
-        }
+        Shape::Buckets => Outcome::Buckets(reference_payload(window, query.fetch_all().await?)?),
         Shape::Scan => Outcome::Scanned(query.fetch_one::<ScanRow>().await?.rows),
         Shape::Count => Outcome::Counted(query.fetch_one::<u64>().await?),
     })
@@ -901,10 +960,12 @@ async fn chdb_half(args: &Args, dataset: &Dataset, references: &[&Reference]) ->
                 .map_or(Shape::Buckets, |r| r.shape)
         };
         let outcome = match shape {
-            Shape::Buckets => Outcome::Buckets(payload_of(
-                &window,
-                serde_json::from_value::<Vec<BucketRow>>(rows)?,
-            )),
+            Shape::Buckets if name == "project" => {
+                Outcome::Buckets(payload_of(&window, serde_json::from_value(rows)?)?)
+            }
+            Shape::Buckets => {
+                Outcome::Buckets(reference_payload(&window, serde_json::from_value(rows)?)?)
+            }
             Shape::Scan => Outcome::Scanned(rows[0]["rows"].as_u64().unwrap_or(0)),
             Shape::Count => Outcome::Counted(rows[0]["identities"].as_u64().unwrap_or(0)),
         };
@@ -1057,7 +1118,7 @@ fn report(
 
 async fn compare(args: &Args) -> Res<i32> {
     let dataset = Dataset::standard();
-    let mut references = vec![&BASELINE, &FLOOR, &GROUP_BY_ID];
+    let mut references = vec![&BASELINE, &FLOOR, &GROUP_BY_ID, &FINGERPRINT_MIN];
     if args.alternatives {
         references.extend(ALTERNATIVES.iter());
     }
@@ -1145,7 +1206,7 @@ async fn large(args: &Args) -> Res<i32> {
             if round == 0 { " (warm-up)" } else { "" },
             started.elapsed().as_secs_f64()
         ));
-        let outcome = Outcome::Buckets(payload_of(&window, rows));
+        let outcome = Outcome::Buckets(payload_of(&window, rows)?);
         if let Some(m) = check("project", &outcome, &dataset, None) {
             mismatches.push(m);
         }

@@ -1,12 +1,23 @@
 //! The exposures query against ClickHouse (SPEC sections 2.1 and 3).
 //!
-//! One query per refresh. It has to run unchanged on current releases and on
-//! the old server Debian packages (18.16), which shapes it:
-//! - no CTEs (`WITH name AS (subquery)` is missing on 18.16): a subquery in `FROM`;
+//! One query per refresh, over every exposure in the window, so its shape is the
+//! product's cost (README "Performance"). It has to run unchanged on current
+//! releases and on the old server Debian packages (18.16), which shapes it:
+//! - identities are grouped by `sipHash128(identifier)`, a 16-byte fixed key,
+//!   not by the string: hashing and comparing variable-length keys was most of
+//!   the cost and memory. Two identifiers are the same identity only if their
+//!   SipHash-128 are equal, the rule ClickHouse's own `uniqExact` and
+//!   `count(DISTINCT)` apply to strings (a collision among 10 million identities
+//!   has a probability near 10^-25);
+//! - variants travel as `cityHash64(value)` codes, so the per-identity state is
+//!   three numbers (first timestamp, lowest and highest code: quarantined when
+//!   they differ). The codes are named again by a small `GROUP BY value` over the
+//!   same rows, joined at the end; a code with two names (a 64-bit collision
+//!   between two variant keys) or none (a variant inserted between the two reads)
+//!   marks its row `unresolved` and the refresh fails instead of guessing;
+//! - no CTEs (`WITH name AS (subquery)` is missing on 18.16): subqueries in `FROM`;
 //! - buckets are computed from Unix seconds, `intDiv(epoch, width) * width`,
 //!   which is a UTC hour or day whatever the server's or the column's time zone;
-//! - `min(value) != max(value)` decides quarantine: one comparison per identity
-//!   instead of a set of distinct values, and it leaves the variant in `min(value)`;
 //! - every value is bound client-side with `?` (18.16 cannot take server-side
 //!   parameters sent as multipart), and results come as plain `RowBinary`
 //!   with explicit casts (18.16 lacks `RowBinaryWithNamesAndTypes`).
@@ -34,6 +45,18 @@ pub enum WarehouseError {
     /// No answer within the configured timeout.
     #[error("ClickHouse did not answer within {0:?}")]
     Timeout(Duration),
+    /// A variant code of the answer had no name or two (module doc); a retry reads it again.
+    #[error(
+        "ClickHouse answer: the variant of {identities} identities in bucket {bucket} \
+         could not be named exactly (a variant key appeared during the query, or two \
+         variant keys share a 64-bit hash)"
+    )]
+    UnresolvedVariant {
+        /// Bucket start in Unix seconds.
+        bucket: u32,
+        /// Identities in the row.
+        identities: u64,
+    },
     /// The events table is missing or lacks a usable `timestamp` column.
     #[error("ClickHouse table `{table}`: {reason}")]
     Table {
@@ -79,26 +102,45 @@ pub struct Target<'a> {
     pub feature_name: &'a str,
 }
 
+/// `{filter}` is the same for both reads of the events table.
 const EXPOSURES_SQL: &str = "\
 SELECT
-    toUInt8(min_value != max_value) AS quarantined,
-    toUInt32(if(min_value = max_value, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
-    if(min_value = max_value, min_value, '') AS variant,
-    toUInt64(count()) AS identities
+    quarantined,
+    bucket,
+    if(quarantined = 1, '', name) AS variant,
+    identities,
+    toUInt8(quarantined = 0 AND (named = 0 OR name != other_name)) AS unresolved
 FROM
 (
     SELECT
-        min(timestamp) AS first_seen,
-        min(value) AS min_value,
-        max(value) AS max_value
-    FROM ?
-    WHERE environment_key = ? AND event = ? AND feature_name = ?
-      AND timestamp >= {lower} AND timestamp < {upper}
-      AND identifier != ''
-    GROUP BY identifier
-)
-GROUP BY quarantined, bucket, variant
+        toUInt8(min_code != max_code) AS quarantined,
+        toUInt32(if(min_code = max_code, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
+        if(min_code = max_code, min_code, toUInt64(0)) AS code,
+        toUInt64(count()) AS identities
+    FROM
+    (
+        SELECT
+            min(timestamp) AS first_seen,
+            min(cityHash64(value)) AS min_code,
+            max(cityHash64(value)) AS max_code
+        FROM ?
+        WHERE {filter}
+        GROUP BY sipHash128(identifier)
+    )
+    GROUP BY quarantined, bucket, code
+) AS counts
+ANY LEFT JOIN
+(
+    SELECT code, min(value) AS name, max(value) AS other_name, toUInt8(1) AS named
+    FROM (SELECT value, cityHash64(value) AS code FROM ? WHERE {filter} GROUP BY value)
+    GROUP BY code
+) AS names USING code
 ORDER BY bucket, variant";
+
+/// The rows a refresh counts; bound twice, once per read of the events table.
+const FILTER: &str = "environment_key = ? AND event = ? AND feature_name = ?
+          AND timestamp >= {lower} AND timestamp < {upper}
+          AND identifier != ''";
 
 /// One result row of the exposures query, as the server sends it.
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -111,11 +153,21 @@ pub struct BucketRow {
     pub variant: String,
     /// Identities in this row.
     pub identities: u64,
+    /// 1 when the row's variant code could not be named exactly (see the module doc).
+    pub unresolved: u8,
 }
 
-impl From<BucketRow> for Count {
-    fn from(row: BucketRow) -> Self {
-        if row.quarantined != 0 {
+impl TryFrom<BucketRow> for Count {
+    type Error = WarehouseError;
+
+    fn try_from(row: BucketRow) -> Result<Self, Self::Error> {
+        if row.unresolved != 0 {
+            return Err(WarehouseError::UnresolvedVariant {
+                bucket: row.bucket,
+                identities: row.identities,
+            });
+        }
+        Ok(if row.quarantined != 0 {
             Count::Quarantined {
                 identities: row.identities,
             }
@@ -125,21 +177,27 @@ impl From<BucketRow> for Count {
                 variant: row.variant,
                 identities: row.identities,
             }
-        }
+        })
     }
+}
+
+/// The counts of a whole answer, or the first reason it cannot be trusted.
+pub fn counts(rows: Vec<BucketRow>) -> Result<Vec<Count>, WarehouseError> {
+    rows.into_iter().map(Count::try_from).collect()
 }
 
 /// Memory settings sent with every query (README "Performance", issue 5).
 ///
 /// A refresh keeps one aggregation state per identity, so its memory grows with
-/// the identities in the window (about 1 GiB for 2 million on 2 threads). Past
+/// the identities in the window (on 2 threads, 2 million take 0.45 GiB on 18.16
+/// and 1.2 GiB on a current release). Past
 /// `max_bytes_before_external_group_by` the server writes the partial
 /// aggregation to its temporary path and merges it from there (external
 /// aggregation), so the peak stays near that threshold however large the window;
 /// `max_memory_usage` caps one refresh, so it cannot take the server's memory.
 /// Both settings exist on 18.16 and on current releases. Measured on 18.16 with
-/// 2 cores: 100 million events of 10 million identities peak at 2.0 GiB and
-/// finish in 57 s; without spilling the same refresh fails at the 4 GiB cap. A
+/// 2 cores: 100 million events of 10 million identities peak at 2.0 GiB with a
+/// few spilled parts and finish in 28 s (2.3 GiB without spilling). A
 /// 2-million-identity window stays below the threshold and never spills.
 pub const MEMORY_SETTINGS: [(&str, &str); 2] = [
     // 2 GiB: spill the aggregation to disk beyond this.
@@ -193,34 +251,31 @@ impl Warehouse {
         window: &Window,
     ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        let (lower, upper) = match kind {
-            TimestampKind::DateTime => ("toDateTime(?)", "toDateTime(?)"),
-            TimestampKind::DateTime64 => (
-                "fromUnixTimestamp64Milli(toInt64(?))",
-                "fromUnixTimestamp64Milli(toInt64(?))",
-            ),
+        let bound = match kind {
+            TimestampKind::DateTime => "toDateTime(?)",
+            TimestampKind::DateTime64 => "fromUnixTimestamp64Milli(toInt64(?))",
         };
-        let sql = EXPOSURES_SQL
-            .replace("{lower}", lower)
-            .replace("{upper}", upper);
-        let query = self
-            .client
-            .query(&sql)
-            .bind(width)
-            .bind(width)
-            .bind(Identifier(&self.table))
-            .bind(target.environment_key)
-            .bind(EXPOSURE_EVENT)
-            .bind(target.feature_name);
-        match kind {
-            // A `DateTime` holds whole seconds, so `t >= x` is `t >= ceil(x)` and `t < y` is `t < ceil(y)`.
-            TimestampKind::DateTime => query
-                .bind(ceil_seconds(window.start))
-                .bind(ceil_seconds(window.end)),
-            TimestampKind::DateTime64 => query
-                .bind(window.start.timestamp_millis())
-                .bind(window.end.timestamp_millis()),
-        }
+        let filter = FILTER.replace("{lower}", bound).replace("{upper}", bound);
+        let sql = EXPOSURES_SQL.replace("{filter}", &filter);
+        let bind_read = |query: clickhouse::query::Query| {
+            let query = query
+                .bind(Identifier(&self.table))
+                .bind(target.environment_key)
+                .bind(EXPOSURE_EVENT)
+                .bind(target.feature_name);
+            match kind {
+                // A `DateTime` holds whole seconds, so `t >= x` is `t >= ceil(x)` and `t < y` is `t < ceil(y)`.
+                TimestampKind::DateTime => query
+                    .bind(ceil_seconds(window.start))
+                    .bind(ceil_seconds(window.end)),
+                TimestampKind::DateTime64 => query
+                    .bind(window.start.timestamp_millis())
+                    .bind(window.end.timestamp_millis()),
+            }
+        };
+        // Binds follow the text: the bucket width twice, then each read of the table.
+        let query = self.client.query(&sql).bind(width).bind(width);
+        bind_read(bind_read(query))
     }
 
     /// Runs the exposures query for `target` over `window`.
@@ -235,7 +290,7 @@ impl Warehouse {
         let kind = self.timestamp_kind().await?;
         let query = self.exposures_query(kind, target, window);
         let rows = self.with_timeout(query.fetch_all::<BucketRow>()).await?;
-        Ok(rows.into_iter().map(Count::from).collect())
+        counts(rows)
     }
 
     /// Looked up once per container: the column type does not change under a running function.
@@ -336,6 +391,39 @@ mod tests {
         assert!(threshold < cap, "spilling must start below the cap");
     }
 
+    fn row(quarantined: u8, variant: &str, identities: u64, unresolved: u8) -> BucketRow {
+        BucketRow {
+            quarantined,
+            bucket: 1_780_272_000,
+            variant: variant.into(),
+            identities,
+            unresolved,
+        }
+    }
+
+    #[test]
+    fn rows_become_counts_unless_a_variant_is_unnamed() {
+        let named = counts(vec![row(1, "", 4, 0), row(0, "control", 7, 0)]).unwrap();
+        assert_eq!(
+            named,
+            [
+                Count::Quarantined { identities: 4 },
+                Count::FirstExposures {
+                    bucket: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+                    variant: "control".into(),
+                    identities: 7,
+                },
+            ]
+        );
+        // One unnamed row fails the whole answer: a snapshot must not lose identities.
+        let err = counts(vec![row(0, "control", 7, 0), row(0, "", 3, 1)]).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("3 identities in bucket 1780272000"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn query_binds_every_value() {
         let config = Config::from_lookup(|_| None).unwrap();
@@ -355,7 +443,19 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("event = '$flag_exposure'"), "{sql}");
-        assert!(sql.contains("FROM `events`"), "{sql}");
+        // Both reads of the table (counts and variant names) carry the whole filter.
+        assert_eq!(sql.matches("FROM `events`").count(), 2, "{sql}");
+        assert_eq!(
+            sql.matches("feature_name = 'new-checkout'").count(),
+            2,
+            "{sql}"
+        );
+        assert_eq!(
+            sql.matches("timestamp < fromUnixTimestamp64Milli(toInt64(1780275600000))")
+                .count(),
+            2,
+            "{sql}"
+        );
         assert!(
             sql.contains("fromUnixTimestamp64Milli(toInt64(1780272000000))"),
             "{sql}"

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use exposures::summary::{Count, Payload};
-use exposures::warehouse::{BucketRow, Target, TimestampKind, Warehouse};
+use exposures::summary::Payload;
+use exposures::warehouse::{self, BucketRow, Target, TimestampKind, Warehouse};
 use exposures::window::Window;
 use exposures::Config;
 use serde_json::{json, Value};
@@ -68,11 +68,8 @@ fn payload_of(job: &Job, rows: &Value) -> Value {
     let window = Window::new(ts(s.started_at), s.ended_at.map(ts), ts(s.now));
     let rows: Vec<BucketRow> =
         serde_json::from_value(rows.clone()).expect("rows of the exposures query");
-    serde_json::to_value(Payload::build(
-        window.granularity,
-        rows.into_iter().map(Count::from),
-    ))
-    .unwrap()
+    let counts = warehouse::counts(rows).expect("every variant named");
+    serde_json::to_value(Payload::build(window.granularity, counts)).unwrap()
 }
 
 #[test]
