@@ -72,6 +72,13 @@ ch_config() {
         -e "s|<!-- <timezone>.*</timezone> -->|<timezone>$CH_TZ</timezone>|" \
         -e "s|<mark_cache_size>.*</mark_cache_size>|<mark_cache_size>268435456</mark_cache_size>|" \
         "$c"
+    # Cluster `exposures_two_shards` (SPEC 8): two shards on this server, one database each,
+    # so a `Distributed(exposures_two_shards, '', table)` splits rows between them.
+    local shards="" db
+    for db in exposures_shard_a exposures_shard_b; do
+        shards+="<shard><replica><host>127.0.0.1</host><port>$CH_TCP</port><default_database>$db</default_database></replica></shard>"
+    done
+    sed -i "s|</remote_servers>|    <exposures_two_shards>$shards</exposures_two_shards>\n    </remote_servers>|" "$c"
     # default user: empty password, loopback only. User `limited` reads at most 20000
     # rows per query: the tests use it to make one experiment's query fail for real.
     sed -i \
@@ -79,7 +86,8 @@ ch_config() {
         -e "s|</profiles>|    <limited><max_rows_to_read>20000</max_rows_to_read></limited>\n    </profiles>|" \
         -e "s|</users>|    <limited><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>limited</profile><quota>default</quota></limited>\n    </users>|" \
         "$CH_DIR/users.xml"
-    grep -q "<timezone>$CH_TZ</timezone>" "$c" && ! grep -q '/var/lib/clickhouse/<\|/var/log/' "$c" ||
+    grep -q "<timezone>$CH_TZ</timezone>" "$c" && grep -q "<exposures_two_shards>" "$c" &&
+        ! grep -q '/var/lib/clickhouse/<\|/var/log/' "$c" ||
         die "editing $c failed (unexpected layout of /etc/clickhouse-server/config.xml)"
     chown clickhouse:clickhouse "$c" "$CH_DIR/users.xml"
 }

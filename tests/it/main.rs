@@ -5,6 +5,7 @@
 mod api;
 mod cargo_lambda;
 mod chdb;
+mod distributed;
 mod helpers;
 mod invocation;
 mod refresh;
