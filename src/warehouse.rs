@@ -52,8 +52,8 @@ pub enum WarehouseError {
          variant keys share a 64-bit hash)"
     )]
     UnresolvedVariant {
-        /// Bucket start in Unix seconds.
-        bucket: u32,
+        /// Start of the row's bucket.
+        bucket: DateTime<Utc>,
         /// Identities in the row.
         identities: u64,
     },
@@ -161,9 +161,10 @@ impl TryFrom<BucketRow> for Count {
     type Error = WarehouseError;
 
     fn try_from(row: BucketRow) -> Result<Self, Self::Error> {
+        let bucket = DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default();
         if row.unresolved != 0 {
             return Err(WarehouseError::UnresolvedVariant {
-                bucket: row.bucket,
+                bucket,
                 identities: row.identities,
             });
         }
@@ -173,7 +174,7 @@ impl TryFrom<BucketRow> for Count {
             }
         } else {
             Count::FirstExposures {
-                bucket: DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default(),
+                bucket,
                 variant: row.variant,
                 identities: row.identities,
             }
@@ -419,7 +420,7 @@ mod tests {
         let err = counts(vec![row(0, "control", 7, 0), row(0, "", 3, 1)]).unwrap_err();
         let message = err.to_string();
         assert!(
-            message.contains("3 identities in bucket 1780272000"),
+            message.contains("3 identities in bucket 2026-06-01 00:00:00 UTC"),
             "{message}"
         );
     }
