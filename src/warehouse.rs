@@ -138,8 +138,9 @@ ANY LEFT JOIN
 ORDER BY bucket, variant";
 
 /// The rows a refresh counts; bound twice, once per read of the events table.
+/// `{bound}` turns a bound number into the column's type.
 const FILTER: &str = "environment_key = ? AND event = ? AND feature_name = ?
-          AND timestamp >= {lower} AND timestamp < {upper}
+          AND timestamp >= {bound} AND timestamp < {bound}
           AND identifier != ''";
 
 /// One result row of the exposures query, as the server sends it.
@@ -256,7 +257,7 @@ impl Warehouse {
             TimestampKind::DateTime => "toDateTime(?)",
             TimestampKind::DateTime64 => "fromUnixTimestamp64Milli(toInt64(?))",
         };
-        let filter = FILTER.replace("{lower}", bound).replace("{upper}", bound);
+        let filter = FILTER.replace("{bound}", bound);
         let sql = EXPOSURES_SQL.replace("{filter}", &filter);
         let bind_read = |query: clickhouse::query::Query| {
             let query = query

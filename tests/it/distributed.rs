@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{clickhouse_url, exposure, insert_sql, Ev, TestEnv};
+use crate::helpers::{clickhouse_url, exposure, insert, TestEnv};
 
 const SHARDS: [&str; 2] = ["exposures_shard_a", "exposures_shard_b"];
 
@@ -77,13 +77,4 @@ async fn refresh_reads_a_distributed_table_split_between_shards() {
         }),
         "{answer:#}"
     );
-}
-
-async fn insert(client: &clickhouse::Client, table: &str, events: &[Ev]) {
-    let sql = insert_sql(client, table, events, false);
-    client
-        .query(&sql.replace('?', "??"))
-        .execute()
-        .await
-        .expect("insert into a shard");
 }

@@ -83,6 +83,20 @@ pub fn insert_sql(client: &clickhouse::Client, table: &str, events: &[Ev], milli
     query.sql_display().to_string()
 }
 
+/// Inserts `events` into `table` (a `DateTime` column) through `client`.
+pub async fn insert(client: &clickhouse::Client, table: &str, events: &[Ev]) {
+    if events.is_empty() {
+        return;
+    }
+    // The rendered SQL goes back through `query`, which would read a `?` in a value as a bind.
+    let sql = insert_sql(client, table, events, false);
+    client
+        .query(&sql.replace('?', "??"))
+        .execute()
+        .await
+        .expect("insert events");
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique_name() -> String {
@@ -234,15 +248,7 @@ impl TestEnv {
     }
 
     pub async fn insert(&self, events: &[Ev]) {
-        if events.is_empty() {
-            return;
-        }
-        let sql = insert_sql(&self.clickhouse, "events", events, false);
-        self.clickhouse
-            .query(&sql.replace('?', "??"))
-            .execute()
-            .await
-            .expect("insert events");
+        insert(&self.clickhouse, "events", events).await;
     }
 
     /// Creates an experiment in `prod` for flag `checkout` and returns its id.
