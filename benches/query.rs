@@ -575,7 +575,7 @@ fn warehouse(database: &str) -> Res<Warehouse> {
         "EXPOSURES_QUERY_TIMEOUT_SECONDS" => std::env::var(name).ok(),
         _ => None,
     })?;
-    Ok(Warehouse::new(&config))
+    Ok(Warehouse::new(&config)?)
 }
 
 fn target() -> Target<'static> {

@@ -7,6 +7,7 @@
 use aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::error::Error;
@@ -48,10 +49,11 @@ pub fn route(method: &str, path: &str, id_param: Option<&str>) -> Result<Route, 
 }
 
 /// Answers an API Gateway request; every outcome, error or not, is a proxy response.
-pub async fn respond(app: &App, request: &HttpRequest) -> Value {
+/// `deadline` bounds a refresh's retries (the invocation's, see [`App::refresh`]).
+pub async fn respond(app: &App, request: &HttpRequest, deadline: Option<DateTime<Utc>>) -> Value {
     let result = match route(&request.method, &request.path, request.id_param.as_deref()) {
         Ok(Route::Snapshot(id)) => snapshot(app, id).await,
-        Ok(Route::Refresh(id)) => refresh(app, id).await,
+        Ok(Route::Refresh(id)) => refresh(app, id, deadline).await,
         Err(e) => Err(e),
     };
     match result {
@@ -76,7 +78,11 @@ async fn snapshot(app: &App, id: i64) -> Result<SnapshotView, Error> {
 
 /// `POST`: checks, then claims the per-experiment slot (race-safe in one
 /// statement), then refreshes synchronously.
-async fn refresh(app: &App, id: i64) -> Result<SnapshotView, Error> {
+async fn refresh(
+    app: &App,
+    id: i64,
+    deadline: Option<DateTime<Utc>>,
+) -> Result<SnapshotView, Error> {
     let (experiment, stored) = app.load(id).await?;
     app.authorize(&experiment)?;
     if experiment.started_at.is_none() {
@@ -97,7 +103,7 @@ async fn refresh(app: &App, id: i64) -> Result<SnapshotView, Error> {
             retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         });
     }
-    let (_, view) = app.refresh_loaded(&experiment, stored).await?;
+    let (_, view) = app.refresh_loaded(&experiment, stored, deadline).await?;
     Ok(view)
 }
 

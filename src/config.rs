@@ -5,7 +5,6 @@
 //! invocation later.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// A value that must never be printed (passwords, connection strings).
@@ -56,6 +55,8 @@ pub const VARIABLES: &[&str] = &[
     "CLICKHOUSE_PASSWORD",
     "CLICKHOUSE_PASSWORD_SECRET_ARN",
     "CLICKHOUSE_DATABASE",
+    "CLICKHOUSE_CA_FILE",
+    "EXPOSURES_CLICKHOUSE_ATTEMPTS",
     "EXPOSURES_EVENTS_TABLE",
     "DATABASE_URL",
     "DATABASE_URL_SECRET_ARN",
@@ -94,6 +95,10 @@ pub struct Config {
     pub sweep_concurrency: usize,
     /// Extra CA certificates (PEM) trusted for PostgreSQL TLS, e.g. the RDS bundle.
     pub database_ca_file: Option<String>,
+    /// Extra CA certificates (PEM) trusted for ClickHouse over `https://`.
+    pub clickhouse_ca_file: Option<String>,
+    /// Attempts a ClickHouse query gets when it fails transiently (1 = no retry).
+    pub clickhouse_attempts: u32,
 }
 
 impl Config {
@@ -123,12 +128,7 @@ impl Config {
             "postgres://postgres@127.0.0.1:5432/postgres",
         );
         // The parser's message never echoes the string, so the password stays out of it.
-        tokio_postgres::Config::from_str(&database_url).map_err(|e| {
-            ConfigError::new(
-                "DATABASE_URL",
-                format!("not a PostgreSQL connection string ({e})"),
-            )
-        })?;
+        crate::store::connection_config(&database_url)?;
 
         Ok(Self {
             clickhouse_url,
@@ -163,6 +163,12 @@ impl Config {
                 1..=64,
             )? as usize,
             database_ca_file: lookup("DATABASE_CA_FILE").filter(|v| !v.trim().is_empty()),
+            clickhouse_ca_file: lookup("CLICKHOUSE_CA_FILE").filter(|v| !v.trim().is_empty()),
+            clickhouse_attempts: number(
+                "EXPOSURES_CLICKHOUSE_ATTEMPTS",
+                &get("EXPOSURES_CLICKHOUSE_ATTEMPTS", "3"),
+                1..=10,
+            )? as u32,
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {
@@ -236,6 +242,8 @@ mod tests {
         assert_eq!(c.refresh_min_interval, Duration::from_secs(300));
         assert_eq!(c.sweep_concurrency, 4);
         assert_eq!(c.api_allowed_environments, None);
+        assert_eq!(c.clickhouse_attempts, 3);
+        assert_eq!(c.clickhouse_ca_file, None);
     }
 
     #[test]
@@ -254,6 +262,8 @@ mod tests {
             ("EXPOSURES_SWEEP_CONCURRENCY", "0"),
             ("EXPOSURES_SWEEP_CONCURRENCY", "65"),
             ("EXPOSURES_QUERY_TIMEOUT_SECONDS", "0"),
+            ("EXPOSURES_CLICKHOUSE_ATTEMPTS", "0"),
+            ("EXPOSURES_CLICKHOUSE_ATTEMPTS", "11"),
             (
                 "EXPOSURES_REFRESH_MIN_INTERVAL_SECONDS",
                 "18446744073709551615",

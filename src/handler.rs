@@ -18,7 +18,7 @@ pub async fn handle(
 ) -> Result<Value, Error> {
     match intake::parse(&event)? {
         Invocation::Command(command) => run_command(app, command, deadline).await,
-        Invocation::Http(request) => Ok(crate::api::respond(app, &request).await),
+        Invocation::Http(request) => Ok(crate::api::respond(app, &request, deadline).await),
     }
 }
 
@@ -40,7 +40,7 @@ async fn run_command(
 ) -> Result<Value, Error> {
     match command {
         Command::Refresh { experiment_id } => {
-            let (outcome, view) = app.refresh(experiment_id).await?;
+            let (outcome, view) = app.refresh(experiment_id, deadline).await?;
             let mut answer = json!({"outcome": outcome});
             merge(&mut answer, &view);
             Ok(answer)

@@ -8,12 +8,14 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod intake;
+pub mod retry;
 pub mod rfc3339;
 pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod summary;
 pub mod sweep;
+pub mod tls;
 pub mod warehouse;
 pub mod window;
 

@@ -43,7 +43,8 @@ pub async fn resolve(
     }
     if let Some(arn) = database_arn {
         let secret = extension.get(DATABASE_URL_SECRET, &arn).await?;
-        config.database_url = database_url(&secret).map_err(|reason| ConfigError {
+        let verify = config.database_ca_file.is_some();
+        config.database_url = database_url(&secret, verify).map_err(|reason| ConfigError {
             variable: DATABASE_URL_SECRET,
             reason,
         })?;
@@ -114,8 +115,10 @@ fn clickhouse_credentials(secret: &str) -> (Option<String>, Secret) {
 
 /// A connection URL, or the JSON of an RDS-managed secret
 /// (`username`, `password`, `host`, `port`, `dbname`), which becomes a
-/// key/value connection string requiring TLS.
-fn database_url(secret: &str) -> Result<Secret, String> {
+/// key/value connection string: `sslmode=verify-full` when a CA bundle is
+/// configured (`verify`), else `require` (encrypted, certificate not checked),
+/// so that a first deploy without the RDS bundle beside the binary works.
+fn database_url(secret: &str, verify: bool) -> Result<Secret, String> {
     let trimmed = secret.trim();
     if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
         return Ok(Secret::new(trimmed));
@@ -145,7 +148,14 @@ fn database_url(secret: &str) -> Result<Secret, String> {
             None => {}
         }
     }
-    parts.push("sslmode=require".into());
+    parts.push(
+        if verify {
+            "sslmode=verify-full"
+        } else {
+            "sslmode=require"
+        }
+        .into(),
+    );
     Ok(Secret::new(parts.join(" ")))
 }
 
@@ -175,21 +185,32 @@ mod tests {
     #[test]
     fn database_secret_forms() {
         assert_eq!(
-            database_url(" postgres://u:p@h/db ").unwrap().expose(),
+            database_url(" postgres://u:p@h/db ", true)
+                .unwrap()
+                .expose(),
             "postgres://u:p@h/db"
         );
         let rds = r#"{"username": "app", "password": "it's\\x", "engine": "postgres",
                       "host": "db.example.internal", "port": 5432, "dbname": "product"}"#;
-        let s = database_url(rds).unwrap();
+        let s = database_url(rds, false).unwrap();
         assert_eq!(
             s.expose(),
             r"host='db.example.internal' port='5432' user='app' password='it\'s\\x' dbname='product' sslmode=require"
         );
         assert!(s.expose().parse::<tokio_postgres::Config>().is_ok());
-        assert!(database_url(r#"{"username": "a"}"#)
+        // With a CA bundle configured, the host is verified too.
+        let s = database_url(rds, true).unwrap();
+        assert!(
+            s.expose().ends_with(" sslmode=verify-full"),
+            "{}",
+            s.expose()
+        );
+        let (_, mode) = crate::store::connection_config(s.expose()).unwrap();
+        assert_eq!(mode, crate::tls::SslMode::VerifyFull);
+        assert!(database_url(r#"{"username": "a"}"#, false)
             .unwrap_err()
             .contains("\"host\""));
-        assert!(database_url("hunter2").is_err());
+        assert!(database_url("hunter2", false).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
+use crate::retry::{self, Failure, Policy};
 use crate::rfc3339;
 use crate::store::{Experiment, Store, StoredSnapshot};
 use crate::summary::Payload;
@@ -89,6 +90,12 @@ pub fn is_final(experiment: &Experiment, stored: &StoredSnapshot) -> bool {
     matches!((experiment.ended_at, stored.as_of), (Some(ended), Some(as_of)) if as_of >= ended)
 }
 
+/// A deadline as a monotonic instant (what timers take), `now` being the
+/// current time by the app's clock (the one the deadline is compared with).
+fn instant(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<tokio::time::Instant> {
+    deadline.map(|d| tokio::time::Instant::now() + (d - now).to_std().unwrap_or_default())
+}
+
 /// The function's state: clients built once per container, shared by invocations.
 pub struct App {
     /// PostgreSQL.
@@ -106,7 +113,7 @@ impl App {
         Ok(Self {
             // The sweep's refreshes plus a few for API reads.
             store: Store::new(&config, config.sweep_concurrency + 4)?,
-            warehouse: Warehouse::new(&config),
+            warehouse: Warehouse::new(&config)?,
             config,
             clock: Arc::new(Utc::now),
         })
@@ -150,10 +157,15 @@ impl App {
         Ok(SnapshotView::new(&experiment, stored.as_ref()))
     }
 
-    /// Refreshes one experiment (SPEC section 3).
-    pub async fn refresh(&self, experiment_id: i64) -> Result<(Outcome, SnapshotView), Error> {
+    /// Refreshes one experiment (SPEC section 3). `deadline` is when Lambda stops
+    /// the invocation: ClickHouse retries never run past it (see [`retry`]).
+    pub async fn refresh(
+        &self,
+        experiment_id: i64,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Result<(Outcome, SnapshotView), Error> {
         let (experiment, stored) = self.load(experiment_id).await?;
-        self.refresh_loaded(&experiment, stored).await
+        self.refresh_loaded(&experiment, stored, deadline).await
     }
 
     /// Refreshes an experiment already loaded: returns the stored snapshot for
@@ -162,6 +174,7 @@ impl App {
         &self,
         experiment: &Experiment,
         stored: Option<StoredSnapshot>,
+        deadline: Option<DateTime<Utc>>,
     ) -> Result<(Outcome, SnapshotView), Error> {
         let Some(started_at) = experiment.started_at else {
             return Ok((
@@ -177,14 +190,30 @@ impl App {
         }
 
         let began = Instant::now();
-        let window = Window::new(started_at, experiment.ended_at, self.now());
+        // One reading of the clock for the window and the time left.
+        let now = self.now();
+        let window = Window::new(started_at, experiment.ended_at, now);
         let target = Target {
             environment_key: &experiment.environment_key,
             feature_name: &experiment.feature_name,
         };
-        let counts = match self.warehouse.exposures(target, &window).await {
-            Ok(counts) => counts,
-            Err(source) => {
+        // Transient failures are tried again, keeping time to stamp the failure.
+        let policy = Policy::new(self.config.clickhouse_attempts, crate::sweep::WRITE_MARGIN);
+        let attempt = || self.warehouse.exposures(target, &window);
+        let (counts, attempts) = match retry::run(
+            &policy,
+            instant(deadline, now),
+            "exposures query",
+            attempt,
+        )
+        .await
+        {
+            Ok(done) => done,
+            Err(Failure {
+                error: source,
+                class,
+                attempts,
+            }) => {
                 let query_ms = began.elapsed().as_millis() as u64;
                 if let Err(stamp) = self.store.store_failure(experiment.id, window.end).await {
                     tracing::error!(experiment_id = experiment.id, error = %stamp, "could not stamp the failed refresh");
@@ -193,6 +222,8 @@ impl App {
                     experiment_id = experiment.id,
                     granularity = window.granularity.as_str(),
                     query_ms,
+                    class = class.as_str(),
+                    attempts,
                     error = %source,
                     "refresh failed"
                 );
@@ -219,6 +250,7 @@ impl App {
             excluded_identities = payload.excluded_identities,
             points = payload.timeseries.points.len(),
             query_ms,
+            attempts,
             total_ms = began.elapsed().as_millis() as u64,
             superseded = stored.as_of != Some(window.end),
             "refreshed"

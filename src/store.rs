@@ -7,11 +7,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::config::{Config, ConfigError};
+use crate::tls;
 
 /// The migrations, in order; applied by `{"action": "migrate"}`.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -42,6 +43,29 @@ pub enum DbError {
         /// What is wrong, naming the column.
         reason: String,
     },
+}
+
+impl DbError {
+    /// True when the connection itself failed (reset, closed, server shutting
+    /// down or restarting), not the statement: a fresh connection may succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        fn lost(e: &tokio_postgres::Error) -> bool {
+            if e.is_closed() {
+                return true;
+            }
+            if let Some(code) = e.code() {
+                // Class 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect now.
+                let code = code.code();
+                return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+            }
+            std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+        match self {
+            DbError::Query(e) => lost(e),
+            DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => lost(e),
+            _ => false,
+        }
+    }
 }
 
 /// An experiment, as read from the experiments relation.
@@ -106,23 +130,25 @@ pub struct Store {
 
 impl Store {
     /// Builds the pool; connections are opened on first use. TLS is negotiated
-    /// as the URL's `sslmode` says (rustls with the Mozilla roots).
+    /// and verified as the connection string's `sslmode` says, as libpq does
+    /// (module [`tls`]), trusting the Mozilla roots plus `DATABASE_CA_FILE`.
     pub fn new(config: &Config, max_connections: usize) -> Result<Self, ConfigError> {
-        let mut pg =
-            tokio_postgres::Config::from_str(config.database_url.expose()).map_err(|e| {
-                ConfigError {
-                    variable: "DATABASE_URL",
-                    reason: format!("not a PostgreSQL connection string ({e})"),
-                }
-            })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(5));
-        }
+        let (pg, mode) = connection_config(config.database_url.expose())?;
+        let roots = tls::roots(config.database_ca_file.as_deref(), "DATABASE_CA_FILE")?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(
+            mode,
+            roots,
+            "DATABASE_CA_FILE",
+        )?);
+        tracing::debug!(sslmode = mode.as_str(), "PostgreSQL TLS");
         let manager = Manager::from_config(
             pg,
-            tls_connector(config.database_ca_file.as_deref())?,
+            tls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A pooled connection is checked with an empty statement before use, so
+                // one that died while the container was frozen (server restarted,
+                // failover, idle timeout) is replaced instead of failing the invocation.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -145,7 +171,11 @@ impl Store {
     /// advisory lock, so concurrent `migrate` invocations queue up and a failed
     /// one leaves nothing half done. Returns the names it applied.
     pub async fn migrate(&self) -> Result<Vec<&'static str>, DbError> {
-        let mut client = self.pool.get().await?;
+        // Safe to repeat: a transaction whose commit was lost finds its work done.
+        self.retry_once(Self::migrate_on).await
+    }
+
+    async fn migrate_on(mut client: Object) -> Result<Vec<&'static str>, DbError> {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock(7215804162)", &[])
             .await?;
@@ -183,7 +213,6 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Option<(Experiment, Option<StoredSnapshot>)>, DbError> {
-        let client = self.pool.get().await?;
         let sql = format!(
             "SELECT e.id::bigint AS id, e.environment_key::text AS environment_key,
                     e.feature_name::text AS feature_name, e.status::text AS status,
@@ -194,7 +223,11 @@ impl Store {
              WHERE e.id = $1::bigint",
             self.experiments
         );
-        let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+        let sql = &sql;
+        let found = self
+            .retry_once(|client| async move { Ok(client.query_opt(sql, &[&id]).await?) })
+            .await?;
+        let Some(row) = found else {
             return Ok(None);
         };
         let column = |name: &str| DbError::BadRow {
@@ -226,7 +259,6 @@ impl Store {
     /// Ids of the experiments the sweep refreshes: started, `running`, `paused`
     /// or `completed`, and without a final snapshot (SPEC 5.4).
     pub async fn due_experiments(&self) -> Result<Vec<i64>, DbError> {
-        let client = self.pool.get().await?;
         let sql = format!(
             "SELECT e.id::bigint
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
@@ -236,7 +268,10 @@ impl Store {
              ORDER BY e.id",
             self.experiments
         );
-        let rows = client.query(&sql, &[]).await?;
+        let sql = &sql;
+        let rows = self
+            .retry_once(|client| async move { Ok(client.query(sql, &[]).await?) })
+            .await?;
         Ok(rows
             .iter()
             .map(|r| r.try_get(0))
@@ -251,7 +286,6 @@ impl Store {
         as_of: DateTime<Utc>,
         payload: &Value,
     ) -> Result<StoredSnapshot, DbError> {
-        let client = self.pool.get().await?;
         let sql = format!(
             "WITH up AS (
                  INSERT INTO experiment_exposures AS x (experiment_id, as_of, payload, last_error_at, updated_at)
@@ -266,7 +300,13 @@ impl Store {
              SELECT {SNAPSHOT_COLUMNS} FROM experiment_exposures
              WHERE experiment_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
         );
-        let row = client.query_one(&sql, &[&id, &as_of, payload]).await?;
+        // Safe to repeat: the same values again, under the same `as_of` rule.
+        let sql = &sql;
+        let row = self
+            .retry_once(|client| async move {
+                Ok(client.query_one(sql, &[&id, &as_of, payload]).await?)
+            })
+            .await?;
         Ok(StoredSnapshot::from_row(&row)?)
     }
 
@@ -274,6 +314,11 @@ impl Store {
     /// request was accepted within `interval` before `now`, else returns how long
     /// to wait. One statement, so of many simultaneous callers exactly one wins:
     /// the losers' upserts wait on the winner's row lock and then see its stamp.
+    ///
+    /// Never repeated after a lost connection (unlike the other statements): if
+    /// the claim committed but its answer was lost, a repeat would find its own
+    /// stamp and throttle the caller who made it. The pool's check before use
+    /// already replaces connections that died between invocations.
     pub async fn claim_refresh_request(
         &self,
         id: i64,
@@ -316,62 +361,63 @@ impl Store {
         id: i64,
         attempted_as_of: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO experiment_exposures AS x (experiment_id, last_error_at, updated_at)
-                 VALUES ($1, now(), now())
-                 ON CONFLICT (experiment_id) DO UPDATE
-                 SET last_error_at = now(), updated_at = now()
-                 WHERE x.as_of IS NULL OR x.as_of < $2",
-                &[&id, &attempted_as_of],
-            )
-            .await?;
+        // Safe to repeat: a second stamp only moves `last_error_at` a little later.
+        self.retry_once(|client| async move {
+            Ok(client
+                .execute(
+                    "INSERT INTO experiment_exposures AS x (experiment_id, last_error_at, updated_at)
+                     VALUES ($1, now(), now())
+                     ON CONFLICT (experiment_id) DO UPDATE
+                     SET last_error_at = now(), updated_at = now()
+                     WHERE x.as_of IS NULL OR x.as_of < $2",
+                    &[&id, &attempted_as_of],
+                )
+                .await?)
+        })
+        .await?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Runs `statement` on a pooled connection and, when that connection turns
+    /// out to be lost, once more on another one. Only for statements that are
+    /// safe to run twice.
+    async fn retry_once<T, F, Fut>(&self, statement: F) -> Result<T, DbError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        match statement(self.pool.get().await?).await {
+            Err(error) if error.is_connection_lost() => {
+                tracing::warn!(error = %error, "PostgreSQL connection lost; retrying once on a fresh connection");
+                statement(self.pool.get().await?).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The connection string as `tokio-postgres` takes it, and libpq's `sslmode`
+/// (which it cannot parse in full). Errors never echo the string.
+pub fn connection_config(url: &str) -> Result<(tokio_postgres::Config, tls::SslMode), ConfigError> {
+    let fail = |reason: String| ConfigError {
+        variable: "DATABASE_URL",
+        reason,
+    };
+    let (rest, mode) = tls::split_sslmode(url).map_err(fail)?;
+    let mut pg = tokio_postgres::Config::from_str(&rest)
+        .map_err(|e| fail(format!("not a PostgreSQL connection string ({e})")))?;
+    pg.ssl_mode(mode.negotiation());
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    Ok((pg, mode))
 }
 
 /// A time difference as a `Duration`; negative differences are zero.
 fn positive(d: chrono::TimeDelta) -> Duration {
     d.to_std().unwrap_or(Duration::ZERO)
-}
-
-/// rustls with ring (the one crypto provider of the binary), the Mozilla roots,
-/// and the certificates of `DATABASE_CA_FILE` when set: RDS and most managed
-/// PostgreSQL services sign with a CA of their own.
-fn tls_connector(
-    ca_file: Option<&str>,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
-    let fail = |reason: String| ConfigError {
-        variable: "DATABASE_CA_FILE",
-        reason,
-    };
-    let mut roots =
-        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read {path} ({e})")))?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<_, _>>()
-            .map_err(|e| fail(format!("{path} is not a PEM bundle ({e})")))?;
-        if certs.is_empty() {
-            return Err(fail(format!("{path} holds no certificate")));
-        }
-        let (_, ignored) = roots.add_parsable_certificates(certs);
-        if ignored > 0 {
-            tracing::warn!(
-                ignored,
-                "DATABASE_CA_FILE: some certificates could not be used"
-            );
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .map_err(|e| fail(format!("TLS setup failed ({e})")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ pub async fn refresh_due(app: &App, deadline: Option<DateTime<Utc>>) -> Result<S
             if !can_start(app.now(), deadline, timeout) {
                 return (id, Done::Skipped);
             }
-            match app.refresh(id).await {
+            match app.refresh(id, deadline).await {
                 Ok((Outcome::Refreshed, _)) => (id, Done::Refreshed),
                 Ok(_) => (id, Done::Skipped),
                 Err(error) => {

@@ -29,7 +29,8 @@ use clickhouse::sql::Identifier;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::retry::{Class, Retryable};
 use crate::summary::Count;
 use crate::window::Window;
 
@@ -45,6 +46,9 @@ pub enum WarehouseError {
     /// No answer within the configured timeout.
     #[error("ClickHouse did not answer within {0:?}")]
     Timeout(Duration),
+    /// The invocation's deadline stopped the query (time was kept to stamp the failure).
+    #[error("ClickHouse query stopped after {0:?}: the invocation's time ran out")]
+    OutOfTime(Duration),
     /// A variant code of the answer had no name or two (module doc); a retry reads it again.
     #[error(
         "ClickHouse answer: the variant of {identities} identities in bucket {bucket} \
@@ -57,6 +61,9 @@ pub enum WarehouseError {
         /// Identities in the row.
         identities: u64,
     },
+    /// The answer decoded, but into values the query cannot produce (not ClickHouse's answer).
+    #[error("ClickHouse answer cannot be decoded: {0}")]
+    Malformed(String),
     /// The events table is missing or lacks a usable `timestamp` column.
     #[error("ClickHouse table `{table}`: {reason}")]
     Table {
@@ -65,6 +72,94 @@ pub enum WarehouseError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// ClickHouse server error codes (`ErrorCodes.cpp`) worth another attempt: the
+/// server, or a replica behind a `Distributed` table, is overloaded, restarting
+/// or unreachable. Every other code (unknown table or column 60/47/16, syntax
+/// 62, access 192/193/497/516, limits such as 158/241, ...) is permanent.
+pub const TRANSIENT_SERVER_CODES: &[(u32, &str)] = &[
+    (3, "UNEXPECTED_END_OF_FILE"),
+    (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
+    (203, "NO_FREE_CONNECTION"),
+    (209, "SOCKET_TIMEOUT"),
+    (210, "NETWORK_ERROR"),
+    (236, "ABORTED"),
+    (279, "ALL_CONNECTION_TRIES_FAILED"),
+    (285, "TOO_FEW_LIVE_REPLICAS"),
+    (394, "QUERY_WAS_CANCELLED"),
+    (425, "SYSTEM_ERROR"),
+    (999, "KEEPER_EXCEPTION"),
+];
+
+/// The query's own `max_execution_time` ran out: class `timeout`, not retried.
+const TIMEOUT_EXCEEDED: u32 = 159;
+
+/// The server's error code in a ClickHouse error text (`Code: 60. DB::Exception ...`).
+fn server_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + 6..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+/// True when a TLS error (a certificate the client does not trust) is behind `error`.
+fn is_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error hides its inner error from `source()`; look inside.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+impl Retryable for WarehouseError {
+    fn class(&self) -> Class {
+        use clickhouse::error::Error as Ch;
+        match self {
+            WarehouseError::Timeout(_) | WarehouseError::OutOfTime(_) => Class::Timeout,
+            // A variant key that appeared during the query is read right on the next try.
+            WarehouseError::UnresolvedVariant { .. } => Class::Transient,
+            WarehouseError::Table { .. } | WarehouseError::Malformed(_) => Class::Permanent,
+            WarehouseError::Query(error) => match error {
+                // Refused, reset, cut short: the network, not the query. A certificate
+                // the client does not trust stays untrusted, though.
+                Ch::Network(inner) if is_tls_error(inner.as_ref()) => Class::Permanent,
+                Ch::Network(_) => Class::Transient,
+                Ch::TimedOut => Class::Timeout,
+                Ch::BadResponse(message) => match server_code(message) {
+                    Some(TIMEOUT_EXCEEDED) => Class::Timeout,
+                    Some(code) if TRANSIENT_SERVER_CODES.iter().any(|(c, _)| *c == code) => {
+                        Class::Transient
+                    }
+                    Some(_) => Class::Permanent,
+                    // No server code: a proxy in front of ClickHouse answered. The crate
+                    // gives the status line when the body is empty, else the body (a
+                    // proxy's page names its status, e.g. `<title>503 Service ...`).
+                    None if ["502 ", "503 ", "504 "].iter().any(|s| message.contains(s)) => {
+                        Class::Transient
+                    }
+                    None => Class::Permanent,
+                },
+                // An answer that cannot be decoded will not decode better next time.
+                _ => Class::Permanent,
+            },
+        }
+    }
+
+    fn out_of_time(allowed: Duration) -> Self {
+        WarehouseError::OutOfTime(allowed)
+    }
 }
 
 /// How the events table stores `timestamp`; decides how window bounds are written.
@@ -162,6 +257,17 @@ impl TryFrom<BucketRow> for Count {
     type Error = WarehouseError;
 
     fn try_from(row: BucketRow) -> Result<Self, Self::Error> {
+        // Flags are 0 or 1, and the quarantine row has no bucket or variant: anything
+        // else is bytes that happened to decode (e.g. a proxy's page), never a snapshot.
+        if row.quarantined > 1
+            || row.unresolved > 1
+            || (row.quarantined == 1 && (row.bucket != 0 || !row.variant.is_empty()))
+        {
+            return Err(WarehouseError::Malformed(format!(
+                "impossible row (quarantined {}, unresolved {}, bucket {})",
+                row.quarantined, row.unresolved, row.bucket
+            )));
+        }
         let bucket = DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default();
         if row.unresolved != 0 {
             return Err(WarehouseError::UnresolvedVariant {
@@ -217,10 +323,15 @@ pub struct Warehouse {
 }
 
 impl Warehouse {
-    /// Builds the client; no connection is made until the first query.
-    pub fn new(config: &Config) -> Self {
+    /// Builds the client; no connection is made until the first query. With
+    /// `CLICKHOUSE_CA_FILE`, `https://` trusts that bundle besides the Mozilla roots.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
         let timeout = config.query_timeout;
-        let client = clickhouse::Client::default()
+        let client = match &config.clickhouse_ca_file {
+            None => clickhouse::Client::default(),
+            Some(path) => https_client(path)?,
+        };
+        let client = client
             .with_url(&config.clickhouse_url)
             .with_user(&config.clickhouse_user)
             .with_password(config.clickhouse_password.expose())
@@ -237,12 +348,12 @@ impl Warehouse {
             .fold(client, |client, (name, value)| {
                 client.with_setting(*name, *value)
             });
-        Self {
+        Ok(Self {
             client,
             table: config.events_table.clone(),
             timeout,
             timestamp_kind: OnceCell::new(),
-        }
+        })
     }
 
     /// The exact query a refresh sends, with every value bound (for tests and benchmarks).
@@ -335,6 +446,28 @@ impl Warehouse {
     }
 }
 
+/// The HTTP(S) client the `clickhouse` crate builds by default (rustls with ring,
+/// keep-alive, idle connections dropped before the server's 3 s), trusting
+/// `ca_file` besides the Mozilla roots, host names verified.
+fn https_client(ca_file: &str) -> Result<clickhouse::Client, ConfigError> {
+    const VARIABLE: &str = "CLICKHOUSE_CA_FILE";
+    let roots = crate::tls::roots(Some(ca_file), VARIABLE)?;
+    let tls = crate::tls::client_config(crate::tls::SslMode::VerifyFull, roots, VARIABLE)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let http_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build(https);
+    Ok(clickhouse::Client::with_http_client(http_client))
+}
+
 fn ceil_seconds(t: DateTime<Utc>) -> i64 {
     let secs = t.timestamp();
     if t.timestamp_subsec_nanos() > 0 {
@@ -348,6 +481,69 @@ fn ceil_seconds(t: DateTime<Utc>) -> i64 {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn failures_are_classified() {
+        use clickhouse::error::Error as Ch;
+        let class = |e: Ch| WarehouseError::Query(e).class();
+        let bad = |m: &str| class(Ch::BadResponse(m.into()));
+        assert_eq!(
+            bad("Code: 202. DB::Exception: Too many simultaneous queries. Maximum: 100"),
+            Class::Transient
+        );
+        assert_eq!(
+            bad("Code: 210, e.displayText() = DB::NetException: Connection reset by peer"),
+            Class::Transient
+        );
+        assert_eq!(
+            bad("Code: 60, e.displayText() = DB::Exception: Table default.nope doesn't exist."),
+            Class::Permanent
+        );
+        assert_eq!(
+            bad("Code: 62. DB::Exception: Syntax error"),
+            Class::Permanent
+        );
+        assert_eq!(
+            bad("Code: 516. DB::Exception: default: Authentication failed"),
+            Class::Permanent
+        );
+        assert_eq!(
+            bad("Code: 159. DB::Exception: Timeout exceeded: elapsed 2.1 seconds"),
+            Class::Timeout
+        );
+        assert_eq!(bad("503 Service Unavailable"), Class::Transient);
+        assert_eq!(bad("502 Bad Gateway"), Class::Transient);
+        assert_eq!(bad("504 Gateway Timeout"), Class::Transient);
+        assert_eq!(bad("404 Not Found"), Class::Permanent);
+        assert_eq!(
+            bad("<html><head><title>503 Service Temporarily Unavailable</title></head></html>"),
+            Class::Transient
+        );
+        assert_eq!(class(Ch::NotEnoughData), Class::Permanent);
+        assert_eq!(
+            class(Ch::Network("connection reset".into())),
+            Class::Transient
+        );
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(class(Ch::Network(Box::new(tls))), Class::Permanent);
+        assert_eq!(
+            WarehouseError::Timeout(Duration::from_secs(1)).class(),
+            Class::Timeout
+        );
+        assert_eq!(
+            WarehouseError::out_of_time(Duration::from_secs(1)).class(),
+            Class::Timeout
+        );
+        for (code, name) in TRANSIENT_SERVER_CODES {
+            assert_eq!(
+                bad(&format!("Code: {code}. DB::Exception: ({name})")),
+                Class::Transient
+            );
+        }
+    }
 
     #[test]
     fn timestamp_kinds() {
@@ -383,7 +579,7 @@ mod tests {
     #[test]
     fn every_query_carries_the_memory_settings_and_is_logged() {
         let config = Config::from_lookup(|_| None).unwrap();
-        let warehouse = Warehouse::new(&config);
+        let warehouse = Warehouse::new(&config).unwrap();
         for (name, value) in MEMORY_SETTINGS {
             assert_eq!(warehouse.client.get_setting(name), Some(value), "{name}");
         }
@@ -396,10 +592,23 @@ mod tests {
     fn row(quarantined: u8, variant: &str, identities: u64, unresolved: u8) -> BucketRow {
         BucketRow {
             quarantined,
-            bucket: 1_780_272_000,
+            bucket: if quarantined == 1 { 0 } else { 1_780_272_000 },
             variant: variant.into(),
             identities,
             unresolved,
+        }
+    }
+
+    #[test]
+    fn impossible_rows_are_refused() {
+        for bad in [
+            row(2, "", 1, 0),
+            row(0, "control", 1, 7),
+            row(1, "control", 1, 0),
+        ] {
+            let e = counts(vec![bad]).unwrap_err();
+            assert!(matches!(e, WarehouseError::Malformed(_)), "{e}");
+            assert_eq!(e.class(), Class::Permanent);
         }
     }
 
@@ -429,7 +638,7 @@ mod tests {
     #[test]
     fn query_binds_every_value() {
         let config = Config::from_lookup(|_| None).unwrap();
-        let warehouse = Warehouse::new(&config);
+        let warehouse = Warehouse::new(&config).unwrap();
         let start = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         let window = Window::new(start, Some(start + chrono::TimeDelta::hours(1)), start);
         let target = Target {

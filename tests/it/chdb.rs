@@ -23,7 +23,7 @@ struct Job {
 }
 
 fn run_jobs(jobs: &[Job]) -> Value {
-    let warehouse = Warehouse::new(&Config::from_lookup(|_| None).unwrap());
+    let warehouse = Warehouse::new(&Config::from_lookup(|_| None).unwrap()).unwrap();
     let client = clickhouse::Client::default();
     let payload = json!({"jobs": jobs.iter().map(|job| {
         let s = &job.scenario;
