@@ -11,6 +11,11 @@ scripts/servers.sh start
 
 export EXPOSURES_TEST_CLICKHOUSE_URL="http://127.0.0.1:${EXPOSURES_CH_HTTP_PORT:-18123}"
 export EXPOSURES_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:${EXPOSURES_PG_PORT:-15432}"
+# The fault and TLS tests (tests/it/faults.rs, tls.rs, load.rs): servers.sh's TLS PostgreSQL,
+# ClickHouse https port and victim ClickHouse (which those tests start, kill and restart).
+export EXPOSURES_TEST_POSTGRES_TLS_URL="postgres://postgres@127.0.0.1:${EXPOSURES_PG_TLS_PORT:-15433}"
+export EXPOSURES_TEST_CLICKHOUSE_HTTPS_URL="https://127.0.0.1:${EXPOSURES_CH_HTTPS_PORT:-18443}"
+export EXPOSURES_TEST_CLICKHOUSE_VICTIM_URL="http://127.0.0.1:${EXPOSURES_CH_VICTIM_HTTP_PORT:-18124}"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 echo "== cargo fmt --check"

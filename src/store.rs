@@ -30,10 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// No connection could be had.
-    #[error("no PostgreSQL connection: {0}")]
+    #[error("no PostgreSQL connection: {}", crate::error::with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
-    #[error("PostgreSQL statement failed: {0}")]
+    #[error("PostgreSQL statement failed: {}", crate::error::with_causes(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A row of the experiments relation cannot be used (e.g. a NULL key).
     #[error("experiments relation {relation}: {reason}")]

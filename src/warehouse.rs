@@ -41,7 +41,7 @@ pub const EXPOSURE_EVENT: &str = "$flag_exposure";
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     /// The server refused the query or could not be reached.
-    #[error("ClickHouse query failed: {0}")]
+    #[error("ClickHouse query failed: {}", crate::error::with_causes(.0))]
     Query(#[from] clickhouse::error::Error),
     /// No answer within the configured timeout.
     #[error("ClickHouse did not answer within {0:?}")]
@@ -109,16 +109,15 @@ fn is_tls_error(error: &(dyn std::error::Error + 'static)) -> bool {
         if e.is::<rustls::Error>() {
             return true;
         }
-        // io::Error hides its inner error from `source()`; look inside.
-        if let Some(inner) = e
+        // io::Error skips its inner error in `source()` (and hyper-rustls wraps one
+        // io::Error in another): look inside instead.
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if inner.is::<rustls::Error>() {
-                return true;
-            }
-        }
-        next = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
@@ -524,10 +523,11 @@ mod tests {
             class(Ch::Network("connection reset".into())),
             Class::Transient
         );
-        let tls = std::io::Error::new(
+        // As hyper-rustls reports it: an io::Error around tokio-rustls' io::Error.
+        let tls = std::io::Error::other(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
+        ));
         assert_eq!(class(Ch::Network(Box::new(tls))), Class::Permanent);
         assert_eq!(
             WarehouseError::Timeout(Duration::from_secs(1)).class(),

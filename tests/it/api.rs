@@ -26,7 +26,7 @@ fn v1(method: &str, path: &str, id: Option<&str>) -> Value {
 }
 
 /// An HTTP API (2.0) request built from the sample in `events/`.
-fn v2(method: &str, path: &str, id: Option<&str>) -> Value {
+pub(crate) fn v2(method: &str, path: &str, id: Option<&str>) -> Value {
     let mut e = sample("api-v2-get-exposures.json");
     e["rawPath"] = json!(path);
     e["requestContext"]["http"]["method"] = json!(method);

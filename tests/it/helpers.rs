@@ -22,6 +22,117 @@ pub fn postgres_base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432".into())
 }
 
+/// The PostgreSQL server with TLS on (throwaway certificate), without a database name.
+pub fn postgres_tls_base_url() -> String {
+    std::env::var("EXPOSURES_TEST_POSTGRES_TLS_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15433".into())
+}
+
+/// The test ClickHouse server's https port.
+pub fn clickhouse_https_url() -> String {
+    std::env::var("EXPOSURES_TEST_CLICKHOUSE_HTTPS_URL")
+        .unwrap_or_else(|_| "https://127.0.0.1:18443".into())
+}
+
+/// The ClickHouse instance the tests may kill (scripts/servers.sh victim-start).
+pub fn clickhouse_victim_url() -> String {
+    std::env::var("EXPOSURES_TEST_CLICKHOUSE_VICTIM_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:18124".into())
+}
+
+/// Throwaway passwords of the test servers (scripts/servers.sh): ClickHouse user
+/// `exposures_secret`, PostgreSQL role `exposures_secret` on the TLS server.
+pub const CH_SECRET_PASSWORD: &str = "ch-Secret-7f3a9";
+pub const PG_SECRET_PASSWORD: &str = "pg-Secret-41c8e";
+
+/// scripts/servers.sh's state directory.
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::var("EXPOSURES_STATE_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/servers"))
+}
+
+/// A file of the throwaway CA made by scripts/servers.sh (`ca.crt`, `other-ca.crt`).
+pub fn tls_file(name: &str) -> String {
+    state_dir().join("tls").join(name).display().to_string()
+}
+
+/// Runs `scripts/servers.sh <command>` (same ports as the tests, from the environment).
+pub fn servers(command: &str) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/servers.sh");
+    let out = std::process::Command::new(script)
+        .arg(command)
+        .output()
+        .expect("run scripts/servers.sh");
+    assert!(
+        out.status.success(),
+        "servers.sh {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Tests that use the TLS PostgreSQL server hold this for reading; the test
+/// that restarts it holds it for writing.
+pub static TLS_POSTGRES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Creates a fresh database on the TLS PostgreSQL server (as `postgres`, over
+/// loopback without TLS) and returns its name.
+pub async fn tls_database() -> String {
+    let name = unique_name();
+    let (admin, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", postgres_tls_base_url()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("TLS PostgreSQL test server reachable (run scripts/servers.sh start)");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    name
+}
+
+/// Host and port of a `postgres://host:port` base URL.
+pub fn host_port(base_url: &str) -> (String, u16) {
+    let rest = base_url.rsplit('@').next().unwrap();
+    let (host, port) = rest.split_once(':').unwrap();
+    (host.to_owned(), port.trim_end_matches('/').parse().unwrap())
+}
+
+/// Captures every log event (all levels, all crates) of the current thread
+/// while the guard lives; read them with [`Logs::text`].
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        use lambda_runtime::tracing::subscriber;
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Parses `2026-06-01T00:00:00Z`.
 pub fn ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -116,6 +227,11 @@ pub struct Options {
     pub clickhouse_url: Option<String>,
     /// Extra settings for the function's configuration.
     pub settings: Vec<(&'static str, String)>,
+    /// The app's `DATABASE_URL` for a database name, instead of the test server's
+    /// (the test's database is still made on the test server).
+    pub database_url: Option<fn(&str) -> String>,
+    /// The PostgreSQL server holding the test's database (default: the plain test server).
+    pub postgres_base_url: Option<String>,
 }
 
 impl Default for Options {
@@ -124,6 +240,8 @@ impl Default for Options {
             timestamp_type: "DateTime",
             clickhouse_url: None,
             settings: Vec::new(),
+            database_url: None,
+            postgres_base_url: None,
         }
     }
 }
@@ -166,18 +284,20 @@ impl TestEnv {
             .await
             .expect("create events table");
 
-        let (admin, conn) = tokio_postgres::connect(
-            &format!("{}/postgres", postgres_base_url()),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("PostgreSQL test server reachable (run scripts/servers.sh start)");
+        let pg_base = options
+            .postgres_base_url
+            .clone()
+            .unwrap_or_else(postgres_base_url);
+        let (admin, conn) =
+            tokio_postgres::connect(&format!("{pg_base}/postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL test server reachable (run scripts/servers.sh start)");
         tokio::spawn(conn);
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        let database_url = format!("{}/{name}", postgres_base_url());
+        let database_url = format!("{pg_base}/{name}");
         let (pg, conn) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
             .await
             .expect("connect test database");
@@ -189,7 +309,10 @@ impl TestEnv {
                 options.clickhouse_url.unwrap_or_else(clickhouse_url),
             ),
             ("CLICKHOUSE_DATABASE".into(), name.clone()),
-            ("DATABASE_URL".into(), database_url),
+            (
+                "DATABASE_URL".into(),
+                options.database_url.map_or(database_url, |url| url(&name)),
+            ),
             ("EXPOSURES_QUERY_TIMEOUT_SECONDS".into(), "20".into()),
         ]);
         settings.extend(options.settings.into_iter().map(|(k, v)| (k.to_owned(), v)));

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::helpers::{exposure, ts, TestEnv};
 
 /// Serves `secrets` (secret id -> SecretString) like the extension does, checking the token.
-async fn fake_extension(secrets: HashMap<String, String>) -> u16 {
+pub(crate) async fn fake_extension(secrets: HashMap<String, String>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
