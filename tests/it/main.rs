@@ -9,6 +9,7 @@ mod distributed;
 mod faults;
 mod helpers;
 mod invocation;
+mod load;
 mod proxy;
 mod refresh;
 mod scenarios;
