@@ -504,6 +504,13 @@ async fn clickhouse_killed_mid_query_then_restarted() {
         "{logs}"
     );
     assert_eq!(logs.matches("retrying").count(), 2, "{logs}");
+    println!(
+        "{}",
+        logs.lines()
+            .filter(|l| l.contains("retrying") || l.contains("refresh failed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let stored = env.stored(id).await;
     assert_eq!(stored["payload"], before, "previous payload kept");
     assert_eq!(stored["as_of"], json!("2026-06-02T00:00:00+00:00"));
