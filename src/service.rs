@@ -157,7 +157,7 @@ impl App {
         Ok(SnapshotView::new(&experiment, stored.as_ref()))
     }
 
-    /// Refreshes one experiment (SPEC section 3). `deadline` is when Lambda stops
+    /// Refreshes one experiment (README "Invocations"). `deadline` is when Lambda stops
     /// the invocation: ClickHouse retries never run past it (see [`retry`]).
     pub async fn refresh(
         &self,

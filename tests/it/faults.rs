@@ -1,4 +1,4 @@
-//! Faults mid-flight (SPEC 7a): a fault-injecting proxy in front of the real
+//! Faults mid-flight: a fault-injecting proxy in front of the real
 //! ClickHouse server, a ClickHouse server SIGKILLed in the middle of a query,
 //! and PostgreSQL restarted between invocations of one warm app. Each test
 //! checks the outcome, the attempts made, and the stored row afterwards: the
