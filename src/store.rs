@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::config::{Config, ConfigError};
+use crate::health::Weights;
 
 /// The migrations, in order; applied by `{"action": "migrate"}`.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -59,6 +60,9 @@ pub struct Experiment {
     pub started_at: Option<DateTime<Utc>>,
     /// Set on completion.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The intended split, for the health checks; `None` when the relation has
+    /// no such column, the value is null, or it is malformed (logged).
+    pub variant_weights: Option<Weights>,
 }
 
 /// The stored row of `experiment_exposures`.
@@ -188,6 +192,8 @@ impl Store {
             "SELECT e.id::bigint AS id, e.environment_key::text AS environment_key,
                     e.feature_name::text AS feature_name, e.status::text AS status,
                     e.started_at, e.ended_at,
+                    -- Through the row as JSON: a relation without the column gives NULL.
+                    to_jsonb(e) -> 'variant_weights' AS variant_weights,
                     x.experiment_id IS NOT NULL AS stored,
                     x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
@@ -214,6 +220,7 @@ impl Store {
                 .try_get("started_at")
                 .map_err(|_| column("started_at"))?,
             ended_at: row.try_get("ended_at").map_err(|_| column("ended_at"))?,
+            variant_weights: self.variant_weights(id, &row)?,
         };
         let stored = if row.try_get("stored")? {
             Some(StoredSnapshot::from_row(&row)?)
@@ -221,6 +228,21 @@ impl Store {
             None
         };
         Ok(Some((experiment, stored)))
+    }
+
+    /// `variant_weights` of a loaded row; a malformed value counts as none and is
+    /// logged (once per load, so once per invocation and experiment).
+    fn variant_weights(&self, id: i64, row: &Row) -> Result<Option<Weights>, DbError> {
+        let value: Option<Value> = row.try_get("variant_weights")?;
+        Ok(Weights::from_json(value.as_ref()).unwrap_or_else(|reason| {
+            tracing::warn!(
+                experiment_id = id,
+                relation = %self.experiments,
+                reason = %reason,
+                "variant_weights ignored: not an object of non-negative numbers"
+            );
+            None
+        }))
     }
 
     /// Ids of the experiments the sweep refreshes: started, `running`, `paused`
