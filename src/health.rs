@@ -49,18 +49,20 @@ impl Weights {
         Ok(Some(Self(weights)))
     }
 
-    /// The arms: variants with a positive weight, with their weights scaled to
-    /// sum to 1 (divided by the largest first, so huge weights cannot overflow).
+    /// The arms: variants with a positive weight. Weights whose sum would
+    /// overflow are divided by the largest first (the scale does not matter).
     fn arms(&self) -> BTreeMap<&str, f64> {
-        let largest = self.0.values().fold(0.0_f64, |m, w| m.max(*w));
-        let scaled: BTreeMap<&str, f64> = self
+        let arms: BTreeMap<&str, f64> = self
             .0
             .iter()
             .filter(|(_, w)| **w > 0.0)
-            .map(|(v, w)| (v.as_str(), w / largest))
+            .map(|(v, w)| (v.as_str(), *w))
             .collect();
-        let sum: f64 = scaled.values().sum();
-        scaled.into_iter().map(|(v, w)| (v, w / sum)).collect()
+        if arms.values().sum::<f64>().is_finite() {
+            return arms;
+        }
+        let largest = arms.values().fold(0.0_f64, |m, w| m.max(*w));
+        arms.into_iter().map(|(v, w)| (v, w / largest)).collect()
     }
 }
 
@@ -188,10 +190,11 @@ fn sample_ratio(
         return skipped(Reason::TooFewIdentities, observed, unexpected);
     }
 
-    let in_arms: u64 = arms.keys().map(|a| observed[*a]).sum();
+    let in_arms = arms.keys().map(|a| observed[*a]).sum::<u64>() as f64;
+    let total_weight: f64 = arms.values().sum();
     let expected: BTreeMap<String, f64> = arms
         .iter()
-        .map(|(arm, share)| ((*arm).to_owned(), in_arms as f64 * share))
+        .map(|(arm, w)| ((*arm).to_owned(), in_arms * w / total_weight))
         .collect();
     // With no identity in any arm every expectation is 0 and so is every
     // observation: no evidence either way (the unexpected variants still decide).
