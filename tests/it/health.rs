@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::api::{call, v1, v2};
+use crate::api::{call, v1, v2, Answer};
 use crate::helpers::{exposure, ts, Ev, Options, TestEnv};
 
 /// `control` identities on control, `variant_a` on variant_a, and `both`
@@ -37,6 +37,15 @@ async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
 
 fn sample_ratio(answer: &Value) -> &Value {
     &answer["exposures"]["health"]["sample_ratio"]
+}
+
+/// `GET /experiments/{id}/exposures` in the given payload version.
+async fn get(env: &TestEnv, version: fn(&str, &str, Option<&str>) -> Value, id: i64) -> Answer {
+    call(
+        &env.app,
+        version("GET", &format!("/experiments/{id}/exposures"), None),
+    )
+    .await
 }
 
 async fn running_experiment(env: &TestEnv, events: &[Ev]) -> i64 {
@@ -75,11 +84,7 @@ async fn health_follows_the_current_weights_without_a_refresh() {
 
     // 90/10 intended: the same counts are now a mismatch, on the next read.
     set_weights(&env, id, json!({"control": 0.9, "variant_a": 0.1})).await;
-    let read = call(
-        &env.app,
-        v2("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v2, id).await;
     let s = sample_ratio(&read.body);
     assert_eq!(s["status"], "mismatch", "{s}");
     assert_eq!(s["expected"]["control"], 108.0, "{s}");
@@ -87,11 +92,7 @@ async fn health_follows_the_current_weights_without_a_refresh() {
 
     // An arm never observed counts as 0; a variant outside the weights is unexpected.
     set_weights(&env, id, json!({"control": 1, "variant_b": 1})).await;
-    let read = call(
-        &env.app,
-        v1("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v1, id).await;
     let s = sample_ratio(&read.body);
     assert_eq!(
         s["observed"],
@@ -103,11 +104,7 @@ async fn health_follows_the_current_weights_without_a_refresh() {
 
     // Zero weights leave fewer than two arms.
     set_weights(&env, id, json!({"control": 0, "variant_a": 0})).await;
-    let read = call(
-        &env.app,
-        v2("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v2, id).await;
     let s = sample_ratio(&read.body);
     assert_eq!(
         (&s["status"], &s["reason"]),
@@ -124,11 +121,7 @@ async fn health_follows_the_current_weights_without_a_refresh() {
         json!([1, 1]),
     ] {
         set_weights(&env, id, weights.clone()).await;
-        let read = call(
-            &env.app,
-            v2("GET", &format!("/experiments/{id}/exposures"), None),
-        )
-        .await;
+        let read = get(&env, v2, id).await;
         assert_eq!(read.status, 200, "{weights}: {}", read.body);
         let s = sample_ratio(&read.body);
         assert_eq!(
@@ -204,22 +197,14 @@ async fn no_payload_no_health() {
     let id = running_experiment(&env, &split(5, 5, 0)).await;
     set_weights(&env, id, json!({"control": 1, "variant_a": 1})).await;
     // Nothing stored yet: exposures is null.
-    let read = call(
-        &env.app,
-        v2("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v2, id).await;
     assert_eq!(read.body["exposures"], Value::Null);
     // A failed refresh stores a stamp and no payload: health is null.
     env.app_without_clickhouse()
         .refresh(id)
         .await
         .expect_err("ClickHouse unreachable");
-    let read = call(
-        &env.app,
-        v2("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v2, id).await;
     assert!(
         read.body["exposures"]["last_error_at"].is_string(),
         "{}",
@@ -265,11 +250,7 @@ async fn a_view_without_the_column_means_no_weights() {
         (&json!("skipped"), &json!("no_weights")),
         "{refreshed:#}"
     );
-    let read = call(
-        &env.app,
-        v1("GET", &format!("/experiments/{id}/exposures"), None),
-    )
-    .await;
+    let read = get(&env, v1, id).await;
     assert_eq!(
         read.body["exposures"]["health"],
         refreshed["exposures"]["health"]
