@@ -258,3 +258,59 @@ async fn a_view_without_the_column_means_no_weights() {
     let swept = env.invoke(json!({"action": "refresh_due"})).await.unwrap();
     assert_eq!(swept["refreshed"], json!([id]));
 }
+
+/// Warnings recorded on this thread: (experiment_id field, message).
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String, String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "experiment_id" => self.0 = format!("{value:?}"),
+                    "message" => self.1 = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut fields = Fields(String::new(), String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push((fields.0, fields.1));
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn malformed_weights_are_logged_once_per_invocation_naming_the_experiment() {
+    let env = TestEnv::new().await;
+    let id = running_experiment(&env, &split(60, 60, 0)).await;
+    set_weights(&env, id, json!({"control": "half", "variant_a": 1})).await;
+    let warnings = Warnings::default();
+    // The test runs on one thread, so every event of these invocations lands here.
+    let _guard = tracing::subscriber::set_default(warnings.clone());
+
+    let refresh = format!("/experiments/{id}/exposures/refresh");
+    let posted = call(&env.app, v2("POST", &refresh, None)).await;
+    assert_eq!(sample_ratio(&posted.body)["reason"], "no_weights");
+    let logged = std::mem::take(&mut *warnings.0.lock().unwrap());
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].0, id.to_string());
+    assert!(logged[0].1.contains("variant_weights"), "{logged:?}");
+
+    env.invoke(json!({"experiment_id": id})).await.unwrap();
+    get(&env, v1, id).await;
+    assert_eq!(warnings.0.lock().unwrap().len(), 2, "one per invocation");
+}
