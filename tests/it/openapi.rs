@@ -170,6 +170,23 @@ fn documented() -> BTreeSet<Key> {
     keys
 }
 
+/// The document against the OpenAPI 3.1 specification's own schema
+/// (openapi-spec-validator, installed by scripts/tools.sh).
+#[test]
+fn openapi_spec_validator_accepts_the_document() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    let out = std::process::Command::new("openapi-spec-validator")
+        .args(["--schema", "3.1", path])
+        .output()
+        .expect("openapi-spec-validator is installed (scripts/tools.sh)");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_document_is_openapi_3_1_and_its_schemas_compile() {
     let doc = document();
