@@ -191,7 +191,9 @@ fn sample_ratio(
         return skipped(Reason::TooFewIdentities, observed, unexpected);
     }
 
-    let in_arms = arms.keys().map(|a| observed[*a]).sum::<u64>() as f64;
+    let in_arms = arms
+        .keys()
+        .fold(0_u64, |n, a| n.saturating_add(observed[*a])) as f64;
     let total_weight: f64 = arms.values().sum();
     let expected: BTreeMap<String, f64> = arms
         .iter()

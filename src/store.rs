@@ -193,7 +193,8 @@ impl Store {
                     e.feature_name::text AS feature_name, e.status::text AS status,
                     e.started_at, e.ended_at,
                     -- Through the row as JSON: a relation without the column gives NULL.
-                    to_jsonb(e) -> 'variant_weights' AS variant_weights,
+                    -- As text, so a number serde_json cannot hold (1e400) is malformed, not an error.
+                    (to_jsonb(e) -> 'variant_weights')::text AS variant_weights,
                     x.experiment_id IS NOT NULL AS stored,
                     x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
@@ -233,8 +234,13 @@ impl Store {
     /// `variant_weights` of a loaded row; a malformed value counts as none and is
     /// logged (once per load, so once per invocation and experiment).
     fn variant_weights(&self, id: i64, row: &Row) -> Result<Option<Weights>, DbError> {
-        let value: Option<Value> = row.try_get("variant_weights")?;
-        Ok(Weights::from_json(value.as_ref()).unwrap_or_else(|reason| {
+        let text: Option<String> = row.try_get("variant_weights")?;
+        let weights = match text.as_deref().map(serde_json::from_str::<Value>) {
+            None => Ok(None),
+            Some(Ok(value)) => Weights::from_json(Some(&value)),
+            Some(Err(e)) => Err(format!("not readable as JSON here ({e})")),
+        };
+        Ok(weights.unwrap_or_else(|reason| {
             tracing::warn!(
                 experiment_id = id,
                 relation = %self.experiments,

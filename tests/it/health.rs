@@ -133,6 +133,17 @@ async fn health_follows_the_current_weights_without_a_refresh() {
         assert_eq!(s["unexpected_variants"], json!([]));
         assert_eq!(s["p_value"], Value::Null);
     }
+    // A number PostgreSQL holds but a double cannot: malformed too, not a failure.
+    env.pg
+        .execute(
+            "UPDATE experiments SET variant_weights = '{\"control\": 1e400, \"variant_a\": 1}' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let read = get(&env, v1, id).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(sample_ratio(&read.body)["reason"], "no_weights");
 }
 
 #[tokio::test]
