@@ -142,8 +142,14 @@ impl Health {
         for point in points.into_iter().flatten() {
             if let Some(counts) = point["new_identities"].as_object() {
                 for (variant, n) in counts {
-                    let total = seen.entry(variant.clone()).or_default();
-                    *total = total.saturating_add(n.as_u64().unwrap_or(0));
+                    let n = n.as_u64().unwrap_or(0);
+                    // Look up before inserting: a key is allocated once per variant, not per point.
+                    match seen.get_mut(variant) {
+                        Some(total) => *total = total.saturating_add(n),
+                        None => {
+                            seen.insert(variant.clone(), n);
+                        }
+                    }
                 }
             }
         }
