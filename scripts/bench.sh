@@ -9,6 +9,7 @@
 #   scripts/bench.sh --handler        handler cost outside the query: binary size, cold start, warm
 #                                     invoke overhead, peak RSS, per release-profile variant (builds
 #                                     each variant; cargo lambda watch/invoke; about 30 minutes)
+#   scripts/bench.sh --health         cost of the health computed on every answer (pure; no servers used)
 #   --runs N (>= 5, default 5), --no-chdb
 #
 # Starts the private servers (scripts/servers.sh) and installs chDB / cargo-lambda when missing
@@ -27,7 +28,11 @@ export EXPOSURES_BENCH_POSTGRES_URL="postgres://postgres@127.0.0.1:${EXPOSURES_P
 bench=query
 args=()
 for arg in "$@"; do
-    if [ "$arg" = "--handler" ]; then bench=handler; else args+=("$arg"); fi
+    case $arg in
+    --handler) bench=handler ;;
+    --health) bench=health ;;
+    *) args+=("$arg") ;;
+    esac
 done
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(. /etc/os-release && echo "$PRETTY_NAME"), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

@@ -94,6 +94,9 @@ print(f"  {'excluded':<12}{payload['excluded_identities']:>7} (exposed to more t
 points = series["points"]
 span = f", {points[0]['bucket']} .. {points[-1]['bucket']}" if points else ""
 print(f"  granularity {series['granularity']}, {len(points)} points{span}")
+ratio, multiple = snapshot["health"]["sample_ratio"], snapshot["health"]["multiple_exposure"]
+tested = f"chi-squared {ratio['chi_squared']:.3f}, p-value {ratio['p_value']:.3g}" if ratio["p_value"] is not None else ratio["reason"]
+print(f"  health: sample ratio {ratio['status']} ({tested}); multiple exposure share {multiple['share']:.4f}, warning {multiple['warning']}")
 PY
 
 step "stored row in PostgreSQL"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the demo and the tests need when they are missing:
 # cargo-lambda (the local Lambda runtime emulator), chDB (the current ClickHouse
-# engine in process) and cfn-lint (checks template.yaml) from PyPI, plus rustfmt
-# and clippy. Source it: it may extend PATH.
+# engine in process), cfn-lint (checks template.yaml) and openapi-spec-validator
+# (checks docs/openapi.json) from PyPI, plus rustfmt and clippy. Source it: it may extend PATH.
 set -euo pipefail
 
 _py=${EXPOSURES_PYTHON:-python3}
@@ -14,6 +14,7 @@ _pip=()
 cargo lambda --version >/dev/null 2>&1 || _pip+=(cargo-lambda)
 "$_py" -c 'import chdb' >/dev/null 2>&1 || _pip+=(chdb-core)
 command -v cfn-lint >/dev/null 2>&1 || _pip+=(cfn-lint)
+command -v openapi-spec-validator >/dev/null 2>&1 || _pip+=(openapi-spec-validator)
 if [ ${#_pip[@]} -gt 0 ]; then
     echo "tools.sh: pip install ${_pip[*]}" >&2
     "$_py" -m pip install --quiet --disable-pip-version-check "${_pip[@]}" </dev/null

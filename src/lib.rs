@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod health;
 pub mod intake;
 pub mod retry;
 pub mod rfc3339;

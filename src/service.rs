@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
+use crate::health::Health;
 use crate::retry::{self, Failure, Policy};
 use crate::rfc3339;
 use crate::store::{Experiment, Store, StoredSnapshot};
@@ -67,6 +68,8 @@ pub struct Exposures {
     pub is_final: bool,
     /// The last good summary.
     pub payload: Option<Value>,
+    /// Computed now from `payload` and the current weights; `None` without a payload.
+    pub health: Option<Health>,
 }
 
 impl SnapshotView {
@@ -80,6 +83,11 @@ impl SnapshotView {
                 refresh_requested_at: s.refresh_requested_at,
                 is_final: is_final(experiment, s),
                 payload: s.payload.clone(),
+                health: s
+                    .payload
+                    .as_ref()
+                    .filter(|p| !p.is_null())
+                    .map(|p| Health::compute(p, experiment.variant_weights.as_ref())),
             }),
         }
     }

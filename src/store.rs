@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::config::{Config, ConfigError};
+use crate::health::Weights;
 use crate::tls;
 
 /// The migrations, in order; applied by `{"action": "migrate"}`.
@@ -83,6 +84,9 @@ pub struct Experiment {
     pub started_at: Option<DateTime<Utc>>,
     /// Set on completion.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The intended split, for the health checks; `None` when the relation has
+    /// no such column, the value is null, or it is malformed (logged).
+    pub variant_weights: Option<Weights>,
 }
 
 /// The stored row of `experiment_exposures`.
@@ -217,6 +221,9 @@ impl Store {
             "SELECT e.id::bigint AS id, e.environment_key::text AS environment_key,
                     e.feature_name::text AS feature_name, e.status::text AS status,
                     e.started_at, e.ended_at,
+                    -- Through the row as JSON: a relation without the column gives NULL.
+                    -- As text, so a number serde_json cannot hold (1e400) is malformed, not an error.
+                    (to_jsonb(e) -> 'variant_weights')::text AS variant_weights,
                     x.experiment_id IS NOT NULL AS stored,
                     x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
@@ -247,6 +254,7 @@ impl Store {
                 .try_get("started_at")
                 .map_err(|_| column("started_at"))?,
             ended_at: row.try_get("ended_at").map_err(|_| column("ended_at"))?,
+            variant_weights: self.variant_weights(id, &row)?,
         };
         let stored = if row.try_get("stored")? {
             Some(StoredSnapshot::from_row(&row)?)
@@ -254,6 +262,26 @@ impl Store {
             None
         };
         Ok(Some((experiment, stored)))
+    }
+
+    /// `variant_weights` of a loaded row; a malformed value counts as none and is
+    /// logged (once per load, so once per invocation and experiment).
+    fn variant_weights(&self, id: i64, row: &Row) -> Result<Option<Weights>, DbError> {
+        let text: Option<String> = row.try_get("variant_weights")?;
+        let weights = match text.as_deref().map(serde_json::from_str::<Value>) {
+            None => Ok(None),
+            Some(Ok(value)) => Weights::from_json(Some(&value)),
+            Some(Err(e)) => Err(format!("not readable as JSON here ({e})")),
+        };
+        Ok(weights.unwrap_or_else(|reason| {
+            tracing::warn!(
+                experiment_id = id,
+                relation = %self.experiments,
+                reason = %reason,
+                "variant_weights ignored: not an object of non-negative numbers"
+            );
+            None
+        }))
     }
 
     /// Ids of the experiments the sweep refreshes: started, `running`, `paused`

@@ -16,7 +16,7 @@ fn sample(name: &str) -> Value {
 }
 
 /// A REST API (1.0) request built from the sample in `events/`.
-fn v1(method: &str, path: &str, id: Option<&str>) -> Value {
+pub(crate) fn v1(method: &str, path: &str, id: Option<&str>) -> Value {
     let mut e = sample("api-v1-get-exposures.json");
     e["httpMethod"] = json!(method);
     e["requestContext"]["httpMethod"] = json!(method);
@@ -40,16 +40,23 @@ pub(crate) fn v2(method: &str, path: &str, id: Option<&str>) -> Value {
     e
 }
 
-struct Answer {
-    status: u64,
-    headers: Value,
-    body: Value,
+pub(crate) struct Answer {
+    pub status: u64,
+    pub headers: Value,
+    pub body: Value,
 }
 
-async fn call(app: &App, request: Value) -> Answer {
-    let r = exposures::handler::handle(app, request, None)
+/// The raw proxy response to an API Gateway request.
+pub(crate) async fn call_raw(app: &App, request: Value) -> Value {
+    exposures::handler::handle(app, request, None)
         .await
-        .expect("API requests always answer");
+        .expect("API requests always answer")
+}
+
+/// Calls the API and checks the answer against docs/openapi.json.
+pub(crate) async fn call(app: &App, request: Value) -> Answer {
+    let r = call_raw(app, request.clone()).await;
+    crate::openapi::check(&request, &r);
     assert_eq!(r["headers"]["content-type"], "application/json", "{r}");
     assert_eq!(r["isBase64Encoded"], false, "{r}");
     Answer {
@@ -102,7 +109,12 @@ async fn get_reads_postgres_only() {
     assert_eq!(
         a.body,
         json!({"experiment_id": id, "exposures": {"as_of": "2026-06-01T05:00:00Z", "last_error_at": null,
-               "refresh_requested_at": null, "is_final": false, "payload": payload}})
+               "refresh_requested_at": null, "is_final": false, "payload": payload,
+               "health": {
+                   "sample_ratio": {"status": "skipped", "reason": "no_weights", "observed": {},
+                                    "expected": null, "chi_squared": null, "degrees_of_freedom": null,
+                                    "p_value": null, "unexpected_variants": []},
+                   "multiple_exposure": {"excluded_identities": 0, "share": 0.0, "warning": false}}}})
     );
 }
 
