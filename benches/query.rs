@@ -691,6 +691,8 @@ fn reference_payload(window: &Window, rows: Vec<ReferenceRow>) -> Res<Payload> {
                 variant: r.variant,
                 identities: r.identities,
                 unresolved: 0,
+                window_rows: 0,
+                window_checksum: 0,
             })
             .collect(),
     )

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod incremental;
 pub mod intake;
 pub mod rfc3339;
 pub mod secrets;

@@ -7,6 +7,7 @@ mod cargo_lambda;
 mod chdb;
 mod distributed;
 mod helpers;
+mod incremental;
 mod invocation;
 mod refresh;
 mod scenarios;
