@@ -8,6 +8,7 @@ mod chdb;
 mod distributed;
 mod helpers;
 mod incremental;
+mod incremental_property;
 mod invocation;
 mod refresh;
 mod scenarios;
