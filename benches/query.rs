@@ -47,6 +47,9 @@ use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+#[path = "query/incremental.rs"]
+mod incremental;
+
 const GENERATE_SQL: &str = include_str!("generate.sql");
 const DDL_OLD: &str = include_str!("../migrations/clickhouse/events_clickhouse_18.sql");
 const DDL_REFERENCE: &str = include_str!("../migrations/clickhouse/events.sql");
@@ -483,6 +486,7 @@ struct Args {
     chdb: bool,
     large: bool,
     large_events: u64,
+    incremental: bool,
 }
 
 fn parse_args() -> Res<Option<Args>> {
@@ -492,6 +496,7 @@ fn parse_args() -> Res<Option<Args>> {
         chdb: true,
         large: false,
         large_events: 100_000_000,
+        incremental: false,
     };
     let mut bench = false;
     let mut it = std::env::args().skip(1);
@@ -503,6 +508,7 @@ fn parse_args() -> Res<Option<Args>> {
             "--alternatives" => args.alternatives = true,
             "--no-chdb" => args.chdb = false,
             "--large" => args.large = true,
+            "--incremental" => args.incremental = true,
             "--large-events" => args.large_events = it.next().ok_or("--large-events N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -539,7 +545,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async {
-        let result = if args.large {
+        let result = if args.incremental {
+            incremental::run(&args).await
+        } else if args.large {
             large(&args).await
         } else {
             compare(&args).await
