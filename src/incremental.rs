@@ -1,4 +1,4 @@
-//! Whether a refresh may start from the stored snapshot (SPEC 3.8), and why not.
+//! Whether a refresh may start from the stored snapshot, and why not.
 //!
 //! Pure: the decision from what is stored and how much changed, unit-tested here;
 //! the queries are in `warehouse`, the compare-and-set write in `store`, and

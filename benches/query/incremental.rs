@@ -84,50 +84,19 @@ struct Measured {
 
 async fn ensure_incremental_data(client: &clickhouse::Client, dataset: &Dataset) -> Res<u64> {
     let table = format!("{DATABASE}.{TABLE}");
-    let generate = dataset.generate_sql(&table, "toDateTime(ts)");
-    let create = ddl(DDL_OLD, &table);
-    let more = changes(&table, "toDateTime(ts)");
-    let print = fingerprint(&[&generate, &create, &more[0], &more[1]]);
+    let [quarter, day] = changes(&table, "toDateTime(ts)");
+    let inserts = [dataset.generate_sql(&table, "toDateTime(ts)"), quarter, day];
     let total = dataset.total_rows() + 150_000 + 1_430_000;
-    let loaded = client
-        .query(&format!("SELECT fingerprint FROM {DATABASE}.bench_meta"))
-        .fetch_optional::<String>()
-        .await
-        .ok()
-        .flatten();
-    if loaded.as_deref() == Some(print.as_str()) {
-        let rows: u64 = client
-            .query(&format!("SELECT count() FROM {table}"))
-            .fetch_one()
-            .await?;
-        if rows == total {
-            log(format!("server: reusing {table} ({} rows)", group(rows)));
-            return Ok(total);
-        }
-    }
-    log(format!(
-        "server: loading {table}: {} + two changes",
-        dataset.describe()
-    ));
-    let started = Instant::now();
-    for sql in [
-        format!("CREATE DATABASE IF NOT EXISTS {DATABASE}"),
-        format!("DROP TABLE IF EXISTS {DATABASE}.bench_meta"),
-        format!("DROP TABLE IF EXISTS {table}"),
-        create,
-        generate,
-        format!("OPTIMIZE TABLE {table} FINAL"),
-        more[0].clone(),
-        more[1].clone(),
-        format!("CREATE TABLE {DATABASE}.bench_meta (fingerprint String) ENGINE = TinyLog"),
-        format!("INSERT INTO {DATABASE}.bench_meta VALUES ('{print}')"),
-    ] {
-        client.query(&sql).execute().await?;
-    }
-    log(format!(
-        "server: loaded in {:.0} s",
-        started.elapsed().as_secs_f64()
-    ));
+    let describe = format!("{} + two changes", dataset.describe());
+    load_once(
+        client,
+        DATABASE,
+        ddl(DDL_OLD, &table),
+        &inserts,
+        total,
+        &describe,
+    )
+    .await?;
     Ok(total)
 }
 
@@ -152,15 +121,11 @@ async fn function_cost(
 ) -> Res<(Run, usize)> {
     client.query("SYSTEM FLUSH LOGS").execute().await?;
     let rows = client
-        .query(
-            "SELECT query_id, toUInt64(query_duration_ms) AS duration_ms, toUInt64(memory_usage) AS memory,
-                    toUInt64(read_rows) AS read_rows,
-                    toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')]
-                           + ProfileEvents.Values[indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')]) AS cpu_us,
-                    toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'ExternalAggregationWritePart')]) AS spilled_parts
-             FROM system.query_log
-             WHERE type = 2 AND current_database = ? AND query_start_time >= toDateTime(?) AND query_start_time <= toDateTime(?)",
-        )
+        .query(&QUERY_LOG_SQL.replace(
+            "{where}",
+            "current_database = ? AND query_start_time >= toDateTime(?) \
+             AND query_start_time <= toDateTime(?)",
+        ))
         .bind(DATABASE)
         .bind(from.timestamp())
         .bind(to.timestamp() + 1)
@@ -461,25 +426,7 @@ async fn chdb_incremental(args: &Args, dataset: &Dataset, total: u64) -> Res<Vec
         "session_timezone": "Asia/Kolkata",
         "queries": queries.iter().map(|(name, sql)| json!({"name": name, "sql": sql, "settings": settings})).collect::<Vec<_>>(),
     });
-    let python = std::env::var("EXPOSURES_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = repo().join("scripts/bench_chdb.py");
-    log("chdb: running scripts/bench_chdb.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(plan.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err("scripts/bench_chdb.py failed (pip install chdb-core?)".into());
-    }
-    let answer: Value = serde_json::from_slice(&out.stdout)?;
+    let answer = run_bench_chdb(&plan)?;
     let stat = |name: &str| -> Stats {
         let runs: Vec<Run> = answer["queries"][name]["runs"]
             .as_array()

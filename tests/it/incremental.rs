@@ -13,7 +13,8 @@ use exposures::window::Window;
 use exposures::App;
 use serde_json::{json, Value};
 
-use crate::helpers::{clickhouse_url, exposure, insert, ts, Ev, TestEnv};
+use crate::distributed::Shards;
+use crate::helpers::{exposure, insert, ts, Ev, TestEnv};
 
 /// Refreshes experiment `id` with `app`; returns the stored payload, its `as_of` and the mode.
 pub async fn refresh(app: &App, id: i64) -> (Value, DateTime<Utc>, Mode) {
@@ -312,79 +313,46 @@ async fn concurrent_refreshes_while_events_arrive_never_double_count() {
     assert_eq!(payload, full_payload(&env.app, id, as_of).await);
 }
 
-const SHARDS: [&str; 2] = ["exposures_shard_a", "exposures_shard_b"];
-
 #[tokio::test]
 async fn incremental_on_a_distributed_table_sees_every_shard() {
     let env = TestEnv::new().await;
-    let server = clickhouse::Client::default()
-        .with_url(clickhouse_url())
-        .with_validation(false);
-    let local = format!("events_incr_{}", env.settings["CLICKHOUSE_DATABASE"]);
-    let ddl = include_str!("../../migrations/clickhouse/events_clickhouse_18.sql");
-    for shard in SHARDS {
-        server
-            .query(&format!("CREATE DATABASE IF NOT EXISTS {shard}"))
-            .execute()
-            .await
-            .unwrap();
-        server
-            .clone()
-            .with_database(shard)
-            .query(&ddl.replace("IF NOT EXISTS events", &local))
-            .execute()
-            .await
-            .unwrap();
-    }
-    env.clickhouse
-        .query(&format!(
-            "CREATE TABLE events_distributed AS {}.{local} \
-             ENGINE = Distributed(exposures_two_shards, '', {local})",
-            SHARDS[0]
-        ))
-        .execute()
-        .await
-        .unwrap();
-    let shard = |i: usize| server.clone().with_database(SHARDS[i]);
+    let shards = Shards::new(&env).await;
     let id = env.experiment(Some("2026-06-01T00:00:00Z"), None).await;
     let app = env.another_app(&[("EXPOSURES_EVENTS_TABLE", "events_distributed")]);
-    insert(
-        &shard(0),
-        &local,
-        &[
-            exposure("u1", "control", "2026-06-01T01:00:00Z"),
-            exposure("u2", "control", "2026-06-01T02:00:00Z"),
-        ],
-    )
-    .await;
-    insert(
-        &shard(1),
-        &local,
-        &[exposure("u3", "variant_a", "2026-06-01T03:00:00Z")],
-    )
-    .await;
+    shards
+        .insert(
+            0,
+            &[
+                exposure("u1", "control", "2026-06-01T01:00:00Z"),
+                exposure("u2", "control", "2026-06-01T02:00:00Z"),
+            ],
+        )
+        .await;
+    shards
+        .insert(1, &[exposure("u3", "variant_a", "2026-06-01T03:00:00Z")])
+        .await;
     env.set_now(ts("2026-06-01T04:00:00Z"));
     let (_, _, mode) = refresh(&app, id).await;
     assert_eq!(mode, Mode::Full(FullReason::First));
     // Each identity's new rows land on the other shard than its history.
-    insert(
-        &shard(1),
-        &local,
-        &[
-            exposure("u1", "variant_a", "2026-06-01T04:10:00Z"),
-            exposure("u2", "control", "2026-06-01T04:20:00Z"),
-        ],
-    )
-    .await;
-    insert(
-        &shard(0),
-        &local,
-        &[
-            exposure("u3", "variant_a", "2026-06-01T04:30:00Z"),
-            exposure("u4", "control", "2026-06-01T04:40:00Z"),
-        ],
-    )
-    .await;
+    shards
+        .insert(
+            1,
+            &[
+                exposure("u1", "variant_a", "2026-06-01T04:10:00Z"),
+                exposure("u2", "control", "2026-06-01T04:20:00Z"),
+            ],
+        )
+        .await;
+    shards
+        .insert(
+            0,
+            &[
+                exposure("u3", "variant_a", "2026-06-01T04:30:00Z"),
+                exposure("u4", "control", "2026-06-01T04:40:00Z"),
+            ],
+        )
+        .await;
     env.set_now(ts("2026-06-01T05:00:00Z"));
     let (payload, as_of, mode) = refresh(&app, id).await;
     assert_eq!(mode, Mode::Incremental);
