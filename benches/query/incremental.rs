@@ -123,10 +123,11 @@ async fn function_cost(
     let rows = client
         .query(&QUERY_LOG_SQL.replace(
             "{where}",
-            "current_database = ? AND query_start_time >= toDateTime(?) \
-             AND query_start_time <= toDateTime(?)",
+            // 18.16 logs no database: nothing else runs on the server meanwhile.
+            "is_initial_query = 1 AND query_start_time >= toDateTime(?) \
+             AND query_start_time <= toDateTime(?) \
+             AND query NOT LIKE '%query_log%' AND query NOT LIKE 'SYSTEM %'",
         ))
-        .bind(DATABASE)
         .bind(from.timestamp())
         .bind(to.timestamp() + 1)
         .fetch_all::<LogRow>()
@@ -258,6 +259,7 @@ pub(super) async fn run(args: &Args) -> Res<i32> {
         let floor = async {
             Ok(FLOOR
                 .query(&scoped, Engine::Server, &window_to(steady))
+                .with_setting("log_queries", "1")
                 .fetch_one::<ScanRow>()
                 .await?
                 .rows)
