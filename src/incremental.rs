@@ -31,6 +31,8 @@ pub enum FullReason {
     LargeChange,
     /// The stored payload could not take the change (it does not match the data).
     Inconsistent,
+    /// Events arrived between the incremental query's two reads of the table.
+    ConcurrentInsert,
     /// Another refresh stored a snapshot in between; the change was computed against the old one.
     Race,
 }
@@ -48,6 +50,7 @@ impl FullReason {
             Self::Mutation => "mutation",
             Self::LargeChange => "large_change",
             Self::Inconsistent => "inconsistent",
+            Self::ConcurrentInsert => "concurrent_insert",
             Self::Race => "race",
         }
     }

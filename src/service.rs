@@ -320,6 +320,9 @@ impl App {
         if delta.before != base.window.fingerprint {
             return Ok(Err(FullReason::ChangedWindow));
         }
+        if !delta.complete {
+            return Ok(Err(FullReason::ConcurrentInsert));
+        }
         let applied = Payload::from_json(base.payload)
             .and_then(|stored| stored.apply(window.granularity, &delta.transitions));
         Ok(match applied {

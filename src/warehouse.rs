@@ -158,13 +158,16 @@ const FILTER: &str = "environment_key = ? AND event = ? AND feature_name = ?
 /// state before and after `base` (absent, quarantined, or first bucket and
 /// variant) is counted per transition. Strings are compared directly, so no
 /// variant needs naming. Always at least one row: a row with `new_state = 0`
-/// only carries the fingerprints.
+/// only carries the fingerprints. The `IN` set is a read of its own: rows of
+/// `[base, end)` the main read sees but the set missed (inserted between the two)
+/// show as `changed_hits < changed_rows`, and the answer is not used.
 const INCREMENTAL_SQL: &str = "\
 SELECT
     old_state, old_bucket, old_variant, new_state, new_bucket, new_variant,
     toUInt64(count()) AS identities,
     any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
-    any(window_rows) AS window_rows, any(window_checksum) AS window_checksum
+    any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
+    any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
 FROM
 (
     SELECT
@@ -176,13 +179,14 @@ FROM
         toUInt32(if(new_state = 2, intDiv(toUInt32(toDateTime(min(timestamp))), ?) * ?, 0)) AS new_bucket,
         if(new_state = 2, min(value), '') AS new_variant,
         any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
-        any(window_rows) AS window_rows, any(window_checksum) AS window_checksum
+        any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
+        any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
     FROM
     (
         SELECT
             tupleElement(hit, 1) AS identifier, tupleElement(hit, 2) AS value,
             tupleElement(hit, 3) AS timestamp, tupleElement(hit, 4) AS before,
-            before_rows, before_checksum, window_rows, window_checksum
+            before_rows, before_checksum, window_rows, window_checksum, changed_rows, changed_hits
         FROM
         (
             SELECT
@@ -190,8 +194,10 @@ FROM
                 toUInt64(sumIf({epoch}, early)) AS before_checksum,
                 toUInt64(count()) AS window_rows,
                 toUInt64(sum({epoch})) AS window_checksum,
-                groupArrayIf((identifier, value, timestamp, early), identifier GLOBAL IN
-                    (SELECT identifier FROM ? WHERE {delta})) AS hits
+                groupArrayIf((identifier, value, timestamp, early), (identifier GLOBAL IN
+                    (SELECT identifier FROM ? WHERE {delta})) AS changed) AS hits,
+                toUInt64(countIf(NOT early)) AS changed_rows,
+                toUInt64(countIf(changed AND NOT early)) AS changed_hits
             FROM ?
             WHERE {filter}
         )
@@ -257,6 +263,10 @@ pub struct TransitionRow {
     pub window_rows: u64,
     /// Checksum of `[start, end)`.
     pub window_checksum: u64,
+    /// Rows of `[base, end)` in the main read.
+    pub changed_rows: u64,
+    /// Those of them whose identity is in the `IN` set.
+    pub changed_hits: u64,
 }
 
 /// The answer of the incremental query.
@@ -268,6 +278,9 @@ pub struct Delta {
     pub window: Fingerprint,
     /// Per-identity state changes of the identities seen since `base`.
     pub transitions: Vec<Transition>,
+    /// False when the set of identities seen since `base` missed rows of the main
+    /// read (inserted between the two reads): the transitions are incomplete.
+    pub complete: bool,
 }
 
 /// Decodes the incremental answer.
@@ -276,8 +289,10 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
         before: Fingerprint::default(),
         window: Fingerprint::default(),
         transitions: Vec::new(),
+        complete: true,
     };
     for row in rows {
+        out.complete = row.changed_hits == row.changed_rows;
         // Every row repeats the same fingerprints (one read).
         out.before = Fingerprint::default().add(row.before_rows, row.before_checksum);
         out.window = Fingerprint::default().add(row.window_rows, row.window_checksum);
@@ -759,5 +774,59 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains('?'), "{sql}");
+    }
+
+    fn transition(old_state: u8, new_state: u8, identities: u64, hits: u64) -> TransitionRow {
+        TransitionRow {
+            old_state,
+            old_bucket: 1_780_272_000,
+            old_variant: "control".into(),
+            new_state,
+            new_bucket: 1_780_275_600,
+            new_variant: "control".into(),
+            identities,
+            before_rows: 10,
+            before_checksum: 11,
+            window_rows: 12,
+            window_checksum: 13,
+            changed_rows: 2,
+            changed_hits: hits,
+        }
+    }
+
+    #[test]
+    fn incremental_answers_become_transitions_and_fingerprints() {
+        let d = delta(vec![transition(0, 2, 3, 2), transition(2, 1, 1, 2)]);
+        assert_eq!(
+            d.before,
+            Fingerprint {
+                rows: 10,
+                checksum: 11
+            }
+        );
+        assert_eq!(
+            d.window,
+            Fingerprint {
+                rows: 12,
+                checksum: 13
+            }
+        );
+        assert!(d.complete);
+        assert_eq!(d.transitions.len(), 2);
+        assert_eq!(d.transitions[0].old, IdentityState::Absent);
+        assert_eq!(
+            d.transitions[1].old,
+            IdentityState::Counted {
+                bucket: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+                variant: "control".into(),
+            }
+        );
+        assert_eq!(d.transitions[1].new, IdentityState::Quarantined);
+        // The row with new_state 0 only carries fingerprints.
+        let only = delta(vec![transition(0, 0, 1, 2)]);
+        assert!(only.transitions.is_empty());
+        assert_eq!(only.window.rows, 12);
+        // Rows since `base` whose identity the IN set missed: not complete.
+        assert!(!delta(vec![transition(0, 2, 3, 1)]).complete);
     }
 }

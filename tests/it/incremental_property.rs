@@ -6,7 +6,8 @@
 //! for the queries and the payload arithmetic.
 //!
 //! The seed is printed; `EXPOSURES_PROPERTY_SEED=<n>` replays a run,
-//! `EXPOSURES_PROPERTY_CASES=<n>` runs more cases (the suite runs a few).
+//! `EXPOSURES_PROPERTY_CASES=<n>` runs more cases (the suite runs a few),
+//! `EXPOSURES_PROPERTY_EVENTS=<n>` up to n events per step (default 6).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use exposures::service::Mode;
@@ -116,7 +117,7 @@ impl World {
         self.now =
             before + TimeDelta::minutes(minutes) + TimeDelta::seconds(self.rng.below(60) as i64);
         let mut inserted = Vec::new();
-        for _ in 0..1 + self.rng.below(6) {
+        for _ in 0..1 + self.rng.below(setting("EXPOSURES_PROPERTY_EVENTS", 6)) {
             let (from, to) = (before, self.now);
             let kind = self.rng.below(10);
             let e = match kind {
@@ -292,6 +293,10 @@ fn incremental_query_equals_full_query_on_the_current_engine() {
             let delta = warehouse::delta(rows);
             let context = format!("EXPOSURES_PROPERTY_SEED={seed} case {case} step {step}");
             assert_eq!(delta.window, expected_fingerprint, "{context}");
+            assert!(
+                delta.complete,
+                "{context}: static data, the IN set saw every row"
+            );
             if delta.before != stored_fingerprint {
                 // The earlier window changed (late or deleted rows): the refresh goes full.
                 changed += 1;
