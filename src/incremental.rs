@@ -100,9 +100,9 @@ pub fn base<'a>(
 /// Measured on the benchmark data (README "Incremental refresh"): the incremental
 /// query reads the whole window once whatever the change, then collects and groups
 /// the rows of the identities seen since `as_of`, so its memory grows with the
-/// change. At 0.7 % of the window (15 minutes) it took 0.16 of a full refresh's
-/// time and 0.24 of its memory on 18.16; at 6 % (one day) 0.54 of the time but
-/// 2.2 times the memory. Interpolated, memory reaches the full refresh's near
+/// change. At 0.7 % of the window (15 minutes) it took 0.23 of a full refresh's
+/// time and 0.25 of its memory on 18.16; at 6 % (one day) 0.72 of the time but
+/// 2.4 times the memory. Interpolated, memory reaches the full refresh's near
 /// 3 %; 2 % keeps both below it.
 pub const MAX_CHANGE_SHARE: f64 = 0.02;
 
