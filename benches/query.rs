@@ -47,6 +47,9 @@ use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+#[path = "query/incremental.rs"]
+mod incremental;
+
 const GENERATE_SQL: &str = include_str!("generate.sql");
 const DDL_OLD: &str = include_str!("../migrations/clickhouse/events_clickhouse_18.sql");
 const DDL_REFERENCE: &str = include_str!("../migrations/clickhouse/events.sql");
@@ -483,6 +486,7 @@ struct Args {
     chdb: bool,
     large: bool,
     large_events: u64,
+    incremental: bool,
 }
 
 fn parse_args() -> Res<Option<Args>> {
@@ -492,6 +496,7 @@ fn parse_args() -> Res<Option<Args>> {
         chdb: true,
         large: false,
         large_events: 100_000_000,
+        incremental: false,
     };
     let mut bench = false;
     let mut it = std::env::args().skip(1);
@@ -503,6 +508,7 @@ fn parse_args() -> Res<Option<Args>> {
             "--alternatives" => args.alternatives = true,
             "--no-chdb" => args.chdb = false,
             "--large" => args.large = true,
+            "--incremental" => args.incremental = true,
             "--large-events" => args.large_events = it.next().ok_or("--large-events N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -539,7 +545,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async {
-        let result = if args.large {
+        let result = if args.incremental {
+            incremental::run(&args).await
+        } else if args.large {
             large(&args).await
         } else {
             compare(&args).await
@@ -593,11 +601,33 @@ fn admin() -> clickhouse::Client {
 
 /// Loads `dataset` into the server unless the same data is already there.
 async fn ensure_server_data(client: &clickhouse::Client, dataset: &Dataset) -> Res<()> {
-    let db = &dataset.database;
-    let table = format!("{db}.{TABLE}");
+    let table = format!("{}.{TABLE}", dataset.database);
     let generate = dataset.generate_sql(&table, "toDateTime(ts)");
-    let create = ddl(DDL_OLD, &table);
-    let print = fingerprint(&[&generate, &create]);
+    load_once(
+        client,
+        &dataset.database,
+        ddl(DDL_OLD, &table),
+        &[generate],
+        dataset.total_rows(),
+        &dataset.describe(),
+    )
+    .await
+}
+
+/// Creates `{db}.events` with `create` and runs `inserts` (the first one is
+/// compacted before the others run), unless the same load is already there.
+async fn load_once(
+    client: &clickhouse::Client,
+    db: &str,
+    create: String,
+    inserts: &[String],
+    total_rows: u64,
+    describe: &str,
+) -> Res<()> {
+    let table = format!("{db}.{TABLE}");
+    let mut parts: Vec<&str> = vec![&inserts[0], &create];
+    parts.extend(inserts[1..].iter().map(String::as_str));
+    let print = fingerprint(&parts);
     // Absent table: not loaded yet.
     let loaded = client
         .query(&format!("SELECT fingerprint FROM {db}.bench_meta"))
@@ -610,23 +640,27 @@ async fn ensure_server_data(client: &clickhouse::Client, dataset: &Dataset) -> R
             .query(&format!("SELECT count() FROM {table}"))
             .fetch_one()
             .await?;
-        if rows == dataset.total_rows() {
+        if rows == total_rows {
             log(format!("server: reusing {table} ({} rows)", group(rows)));
             return Ok(());
         }
     }
-    log(format!("server: loading {table}: {}", dataset.describe()));
+    log(format!("server: loading {table}: {describe}"));
     let started = Instant::now();
-    for sql in [
+    let mut statements = vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!("DROP TABLE IF EXISTS {db}.bench_meta"),
         format!("DROP TABLE IF EXISTS {table}"),
         create,
-        generate,
+        inserts[0].clone(),
         format!("OPTIMIZE TABLE {table} FINAL"),
-        format!("CREATE TABLE {db}.bench_meta (fingerprint String) ENGINE = TinyLog"),
-        format!("INSERT INTO {db}.bench_meta VALUES ('{print}')"),
-    ] {
+    ];
+    statements.extend(inserts[1..].iter().cloned());
+    statements.push(format!(
+        "CREATE TABLE {db}.bench_meta (fingerprint String) ENGINE = TinyLog"
+    ));
+    statements.push(format!("INSERT INTO {db}.bench_meta VALUES ('{print}')"));
+    for sql in statements {
         client.query(&sql).execute().await?;
     }
     log(format!(
@@ -636,18 +670,20 @@ async fn ensure_server_data(client: &clickhouse::Client, dataset: &Dataset) -> R
     Ok(())
 }
 
+/// Finished queries of `system.query_log` as `LogRow`s; `{where}` selects them.
+const QUERY_LOG_SQL: &str =
+    "SELECT query_id, toUInt64(query_duration_ms) AS duration_ms, toUInt64(memory_usage) AS memory,
+            toUInt64(read_rows) AS read_rows,
+            toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')]
+                   + ProfileEvents.Values[indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')]) AS cpu_us,
+            toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'ExternalAggregationWritePart')]) AS spilled_parts
+     FROM system.query_log
+     WHERE type = 2 AND {where}";
+
 async fn flush_and_read_log(client: &clickhouse::Client, prefix: &str) -> Res<Vec<LogRow>> {
     client.query("SYSTEM FLUSH LOGS").execute().await?;
     let rows = client
-        .query(
-            "SELECT query_id, toUInt64(query_duration_ms) AS duration_ms, toUInt64(memory_usage) AS memory,
-                    toUInt64(read_rows) AS read_rows,
-                    toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')]
-                           + ProfileEvents.Values[indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')]) AS cpu_us,
-                    toUInt64(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'ExternalAggregationWritePart')]) AS spilled_parts
-             FROM system.query_log
-             WHERE type = 2 AND startsWith(query_id, ?)",
-        )
+        .query(&QUERY_LOG_SQL.replace("{where}", "startsWith(query_id, ?)"))
         .bind(prefix)
         .fetch_all::<LogRow>()
         .await?;
@@ -691,6 +727,8 @@ fn reference_payload(window: &Window, rows: Vec<ReferenceRow>) -> Res<Payload> {
                 variant: r.variant,
                 identities: r.identities,
                 unresolved: 0,
+                window_rows: 0,
+                window_checksum: 0,
             })
             .collect(),
     )
@@ -904,26 +942,7 @@ async fn chdb_half(args: &Args, dataset: &Dataset, references: &[&Reference]) ->
         "session_timezone": "Asia/Kolkata",
         "queries": queries,
     });
-    let python = std::env::var("EXPOSURES_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = repo().join("scripts/bench_chdb.py");
-    log("chdb: running scripts/bench_chdb.py");
-    let mut child = Command::new(&python)
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot run {python} {}: {e}", script.display()))?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(plan.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err("scripts/bench_chdb.py failed (pip install chdb-core?)".into());
-    }
-    let answer: Value = serde_json::from_slice(&out.stdout)?;
+    let answer = run_bench_chdb(&plan)?;
 
     let mut names = vec!["baseline".to_owned(), "project".to_owned()];
     names.extend(
@@ -996,6 +1015,30 @@ async fn chdb_half(args: &Args, dataset: &Dataset, references: &[&Reference]) ->
         payload: expected,
         mismatches,
     })
+}
+
+/// Runs `plan` through scripts/bench_chdb.py and returns its answer.
+fn run_bench_chdb(plan: &Value) -> Res<Value> {
+    let python = std::env::var("EXPOSURES_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = repo().join("scripts/bench_chdb.py");
+    log("chdb: running scripts/bench_chdb.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run {python} {}: {e}", script.display()))?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(plan.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err("scripts/bench_chdb.py failed (pip install chdb-core?)".into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn mib(bytes: f64) -> f64 {

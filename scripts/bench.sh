@@ -4,6 +4,10 @@
 #   scripts/bench.sh                  baseline vs project vs floor on ClickHouse 18.16 and chDB,
 #                                     20 M events; prints one table; exit 1 if a required target fails
 #   scripts/bench.sh --alternatives   also the query shapes that were measured and not adopted
+#   scripts/bench.sh --incremental    the function's refreshes of a running experiment: full first
+#                                     refresh, steady state 15 minutes later (incremental), one day
+#                                     later, scan floor; server (query_log sums) and chDB; exit 1 if
+#                                     a required target fails (README "Incremental refresh")
 #   scripts/bench.sh --large          100 M events (10 M identities) under the function's memory
 #                                     settings (loads about 5 GB once; --large-events N for another size)
 #   scripts/bench.sh --handler        handler cost outside the query: binary size, cold start, warm

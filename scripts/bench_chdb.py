@@ -4,7 +4,8 @@
 Reads a plan (JSON) on stdin, written by benches/query.rs:
 
     {"path": "<dir>", "database": "exposures_bench", "ddl": "CREATE TABLE ...",
-     "generate": "INSERT INTO ... SELECT ...", "fingerprint": "...", "total_rows": N,
+     "generate": "INSERT INTO ... SELECT ...", "more": ["INSERT ...", ...] (optional, after the
+     generated rows), "fingerprint": "...", "total_rows": N,
      "runs": 5, "session_timezone": "Asia/Kolkata",
      "queries": [{"name": "baseline", "sql": "SELECT ...", "settings": {...}}, ...]}
 
@@ -65,6 +66,7 @@ def ensure_data(sess, plan):
         plan["ddl"],
         plan["generate"],
         "OPTIMIZE TABLE %s.events FINAL" % db,
+    ] + plan.get("more", []) + [
         "CREATE TABLE %s.bench_meta (fingerprint String) ENGINE = TinyLog" % db,
         "INSERT INTO %s.bench_meta VALUES ('%s')" % (db, plan["fingerprint"]),
     ]:

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod health;
+pub mod incremental;
 pub mod intake;
 pub mod retry;
 pub mod rfc3339;

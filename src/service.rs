@@ -3,18 +3,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
 use crate::error::Error;
 use crate::health::Health;
+use crate::incremental::{self, Base, FullReason};
 use crate::retry::{self, Failure, Policy};
 use crate::rfc3339;
-use crate::store::{Experiment, Store, StoredSnapshot};
+use crate::store::{Experiment, Good, Store, StoredSnapshot, StoredWindow};
 use crate::summary::Payload;
-use crate::warehouse::{Target, Warehouse};
+use crate::warehouse::{Delta, Fingerprint, Target, Warehouse, WarehouseError};
 use crate::window::Window;
 
 /// Where "now" comes from; tests substitute a fixed clock.
@@ -184,16 +185,30 @@ impl App {
         stored: Option<StoredSnapshot>,
         deadline: Option<DateTime<Utc>>,
     ) -> Result<(Outcome, SnapshotView), Error> {
+        let (outcome, view, _) = self.refresh_with_mode(experiment, stored, deadline).await?;
+        Ok((outcome, view))
+    }
+
+    /// [`App::refresh_loaded`], also telling how the payload was computed
+    /// (`None` when nothing was computed).
+    pub async fn refresh_with_mode(
+        &self,
+        experiment: &Experiment,
+        stored: Option<StoredSnapshot>,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Result<(Outcome, SnapshotView, Option<Mode>), Error> {
         let Some(started_at) = experiment.started_at else {
             return Ok((
                 Outcome::NotStarted,
                 SnapshotView::new(experiment, stored.as_ref()),
+                None,
             ));
         };
         if stored.as_ref().is_some_and(|s| is_final(experiment, s)) {
             return Ok((
                 Outcome::Final,
                 SnapshotView::new(experiment, stored.as_ref()),
+                None,
             ));
         }
 
@@ -207,65 +222,206 @@ impl App {
         };
         // Transient failures are tried again, keeping time to stamp the failure.
         let policy = Policy::new(self.config.clickhouse_attempts, crate::sweep::WRITE_MARGIN);
-        let attempt = || self.warehouse.exposures(target, &window);
-        let (counts, attempts) = match retry::run(
-            &policy,
-            instant(deadline, now),
-            "exposures query",
-            attempt,
-        )
-        .await
-        {
-            Ok(done) => done,
-            Err(Failure {
+        let until = instant(deadline, now);
+        let fail = |failure: Failure<WarehouseError>| async move {
+            let Failure {
                 error: source,
                 class,
                 attempts,
-            }) => {
-                let query_ms = began.elapsed().as_millis() as u64;
-                if let Err(stamp) = self.store.store_failure(experiment.id, window.end).await {
-                    tracing::error!(experiment_id = experiment.id, error = %stamp, "could not stamp the failed refresh");
-                }
-                tracing::error!(
-                    experiment_id = experiment.id,
-                    granularity = window.granularity.as_str(),
-                    query_ms,
-                    class = class.as_str(),
-                    attempts,
-                    error = %source,
-                    "refresh failed"
-                );
-                return Err(Error::Warehouse {
-                    experiment_id: experiment.id,
-                    source,
-                });
+            } = failure;
+            let query_ms = began.elapsed().as_millis() as u64;
+            if let Err(stamp) = self.store.store_failure(experiment.id, window.end).await {
+                tracing::error!(experiment_id = experiment.id, error = %stamp, "could not stamp the failed refresh");
+            }
+            tracing::error!(
+                experiment_id = experiment.id,
+                granularity = window.granularity.as_str(),
+                query_ms,
+                class = class.as_str(),
+                attempts,
+                error = %source,
+                "refresh failed"
+            );
+            Error::Warehouse {
+                experiment_id: experiment.id,
+                source,
             }
         };
-        let query_ms = began.elapsed().as_millis() as u64;
-        let rows = counts.len();
-        let payload = Payload::build(window.granularity, counts);
-        let payload_json = serde_json::to_value(&payload).unwrap_or(Value::Null);
-        let stored = self
-            .store
-            .store_payload(experiment.id, window.end, &payload_json)
-            .await?;
+        let base = incremental::base(experiment, &window, stored.as_ref());
+        // Each attempt computes afresh (every query is a read, safe to repeat).
+        let (mut result, mut attempts) = match retry::run(&policy, until, "exposures query", || {
+            self.compute(target, &window, base.clone())
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(failure) => return Err(fail(failure).await),
+        };
+        let mut stored = self.store_result(experiment.id, &window, &result).await?;
+        if result.base.is_some() && stored.as_of < Some(window.end) {
+            // Another refresh stored a snapshot after the one this change was computed
+            // against, but before this window's end: the change does not apply to it.
+            let (full, more) = match retry::run(&policy, until, "exposures query", || {
+                self.compute(target, &window, Err(FullReason::Race))
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(failure) => return Err(fail(failure).await),
+            };
+            result = full;
+            attempts += more;
+            stored = self.store_result(experiment.id, &window, &result).await?;
+        }
+        let payload = &result.payload;
         tracing::info!(
             experiment_id = experiment.id,
             granularity = window.granularity.as_str(),
             as_of = %rfc3339::format(&window.end),
-            rows,
+            mode = if result.base.is_some() { "incremental" } else { "full" },
+            full_reason = result.full_reason.map(FullReason::as_str),
+            rows = result.rows,
+            window_rows = result.fingerprint.rows,
             identities = payload.identities(),
             excluded_identities = payload.excluded_identities,
             points = payload.timeseries.points.len(),
-            query_ms,
+            query_ms = result.query_ms,
             attempts,
             total_ms = began.elapsed().as_millis() as u64,
             superseded = stored.as_of != Some(window.end),
             "refreshed"
         );
+        let mode = match result.full_reason {
+            Some(reason) => Mode::Full(reason),
+            None => Mode::Incremental,
+        };
         Ok((
             Outcome::Refreshed,
             SnapshotView::new(experiment, Some(&stored)),
+            Some(mode),
         ))
     }
+
+    /// Computes the payload of `window`: incrementally from `base` when it is
+    /// there, the earlier window is proven unchanged and the change is small
+    /// enough, else in full (the reason is kept for the log).
+    async fn compute(
+        &self,
+        target: Target<'_>,
+        window: &Window,
+        base: Result<Base<'_>, FullReason>,
+    ) -> Result<Computation, WarehouseError> {
+        let began = Instant::now();
+        let reason = match base {
+            Err(reason) => reason,
+            Ok(base) => match self.incremental(target, window, &base).await? {
+                Ok((payload, delta)) => {
+                    return Ok(Computation {
+                        payload,
+                        fingerprint: delta.window,
+                        rows: delta.transitions.len(),
+                        base: Some(base.as_of),
+                        full_reason: None,
+                        query_ms: began.elapsed().as_millis() as u64,
+                    })
+                }
+                Err(reason) => reason,
+            },
+        };
+        let computed = self.warehouse.exposures(target, window).await?;
+        Ok(Computation {
+            rows: computed.counts.len(),
+            payload: Payload::build(window.granularity, computed.counts),
+            fingerprint: computed.fingerprint,
+            base: None,
+            full_reason: Some(reason),
+            query_ms: began.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The incremental computation, or why it cannot be used.
+    async fn incremental(
+        &self,
+        target: Target<'_>,
+        window: &Window,
+        base: &Base<'_>,
+    ) -> Result<Result<(Payload, Delta), FullReason>, WarehouseError> {
+        // A mutation may change values without changing the row count; leave a
+        // minute for clock differences between this function and the server.
+        let since = base.as_of - TimeDelta::minutes(1);
+        if self.warehouse.mutations_since(since).await? > 0 {
+            return Ok(Err(FullReason::Mutation));
+        }
+        let changed = self
+            .warehouse
+            .delta_rows(target, window, base.as_of)
+            .await?;
+        if incremental::is_large_change(changed, base.window.fingerprint.rows) {
+            return Ok(Err(FullReason::LargeChange));
+        }
+        let delta = self
+            .warehouse
+            .incremental(target, window, base.as_of)
+            .await?;
+        if delta.before != base.window.fingerprint {
+            return Ok(Err(FullReason::ChangedWindow));
+        }
+        if !delta.complete {
+            return Ok(Err(FullReason::ConcurrentInsert));
+        }
+        let applied = Payload::from_json(base.payload)
+            .and_then(|stored| stored.apply(window.granularity, &delta.transitions));
+        Ok(match applied {
+            Ok(payload) => Ok((payload, delta)),
+            Err(error) => {
+                tracing::warn!(%error, "stored payload cannot take the change; computing in full");
+                Err(FullReason::Inconsistent)
+            }
+        })
+    }
+
+    async fn store_result(
+        &self,
+        experiment_id: i64,
+        window: &Window,
+        result: &Computation,
+    ) -> Result<StoredSnapshot, Error> {
+        let payload_json = serde_json::to_value(&result.payload).unwrap_or(Value::Null);
+        Ok(self
+            .store
+            .store_refresh(
+                experiment_id,
+                Good {
+                    as_of: window.end,
+                    payload: &payload_json,
+                    window: Some(StoredWindow {
+                        start: window.start,
+                        fingerprint: result.fingerprint,
+                    }),
+                    base: result.base,
+                },
+            )
+            .await?)
+    }
+}
+
+/// How a refresh computed its payload (logged as `mode` and `full_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Over the whole window, for this reason.
+    Full(FullReason),
+    /// From the stored snapshot and what changed since its `as_of`.
+    Incremental,
+}
+
+/// A computed payload and how it was computed.
+struct Computation {
+    payload: Payload,
+    fingerprint: Fingerprint,
+    /// Result rows of the query (buckets, or transitions).
+    rows: usize,
+    /// `as_of` of the snapshot an incremental result changes; `None` when full.
+    base: Option<DateTime<Utc>>,
+    full_reason: Option<FullReason>,
+    query_ms: u64,
 }

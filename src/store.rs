@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 use crate::config::{Config, ConfigError};
 use crate::health::Weights;
 use crate::tls;
+use crate::warehouse::Fingerprint;
 
 /// The migrations, in order; applied by `{"action": "migrate"}`.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -24,6 +25,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_create_experiment_exposures",
         include_str!("../migrations/0002_create_experiment_exposures.sql"),
+    ),
+    (
+        "0003_snapshot_window_fingerprint",
+        include_str!("../migrations/0003_snapshot_window_fingerprint.sql"),
     ),
 ];
 
@@ -102,9 +107,35 @@ pub struct StoredSnapshot {
     pub refresh_requested_at: Option<DateTime<Utc>>,
     /// Last write of any kind.
     pub updated_at: DateTime<Utc>,
+    /// What the stored payload's window held, when known (an incremental refresh starts from it).
+    pub window: Option<StoredWindow>,
 }
 
-const SNAPSHOT_COLUMNS: &str = "as_of, payload, last_error_at, refresh_requested_at, updated_at";
+/// The window a stored payload counts, as an incremental refresh needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWindow {
+    /// The `started_at` it was computed from.
+    pub start: DateTime<Utc>,
+    /// What it held.
+    pub fingerprint: Fingerprint,
+}
+
+/// A good refresh to store.
+#[derive(Debug, Clone, Copy)]
+pub struct Good<'a> {
+    /// End of its window.
+    pub as_of: DateTime<Utc>,
+    /// The payload.
+    pub payload: &'a Value,
+    /// Its window; `None` leaves the next refresh no base to start from.
+    pub window: Option<StoredWindow>,
+    /// For an incremental result: the `as_of` of the snapshot it changes. It is
+    /// stored only if that snapshot is still the stored one (compare-and-set).
+    pub base: Option<DateTime<Utc>>,
+}
+
+const SNAPSHOT_COLUMNS: &str = "as_of, payload, last_error_at, refresh_requested_at, updated_at, \
+                                window_start, window_rows, window_checksum";
 
 impl StoredSnapshot {
     fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
@@ -114,6 +145,20 @@ impl StoredSnapshot {
             last_error_at: row.try_get("last_error_at")?,
             refresh_requested_at: row.try_get("refresh_requested_at")?,
             updated_at: row.try_get("updated_at")?,
+            window: match (
+                row.try_get::<_, Option<DateTime<Utc>>>("window_start")?,
+                row.try_get::<_, Option<i64>>("window_rows")?,
+                row.try_get::<_, Option<i64>>("window_checksum")?,
+            ) {
+                (Some(start), Some(rows), Some(checksum)) => Some(StoredWindow {
+                    start,
+                    fingerprint: Fingerprint {
+                        rows: rows as u64,
+                        checksum: checksum as u64,
+                    },
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -225,7 +270,8 @@ impl Store {
                     -- As text, so a number serde_json cannot hold (1e400) is malformed, not an error.
                     (to_jsonb(e) -> 'variant_weights')::text AS variant_weights,
                     x.experiment_id IS NOT NULL AS stored,
-                    x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at
+                    x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at,
+                    x.window_start, x.window_rows, x.window_checksum
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
              WHERE e.id = $1::bigint",
             self.experiments
@@ -308,31 +354,80 @@ impl Store {
 
     /// Stores a good refresh unless a snapshot with a later `as_of` is already
     /// there (`as_of` never moves backwards). Returns the row as stored afterwards.
+    /// Nothing is recorded about its window, so the next refresh is full.
     pub async fn store_payload(
         &self,
         id: i64,
         as_of: DateTime<Utc>,
         payload: &Value,
     ) -> Result<StoredSnapshot, DbError> {
+        self.store_refresh(
+            id,
+            Good {
+                as_of,
+                payload,
+                window: None,
+                base: None,
+            },
+        )
+        .await
+    }
+
+    /// Stores a good refresh as [`Store::store_payload`] does, with its window; an
+    /// incremental one (with `base`) only over the snapshot it was computed from.
+    /// Returns the row as stored afterwards.
+    pub async fn store_refresh(&self, id: i64, good: Good<'_>) -> Result<StoredSnapshot, DbError> {
         let sql = format!(
             "WITH up AS (
-                 INSERT INTO experiment_exposures AS x (experiment_id, as_of, payload, last_error_at, updated_at)
-                 VALUES ($1, $2, $3, NULL, now())
+                 INSERT INTO experiment_exposures AS x (experiment_id, as_of, payload, last_error_at, updated_at,
+                                                        window_start, window_rows, window_checksum)
+                 SELECT $1, $2, $3, NULL, now(), $4, $5, $6
+                 WHERE $7::timestamptz IS NULL
                  ON CONFLICT (experiment_id) DO UPDATE
                  SET as_of = EXCLUDED.as_of, payload = EXCLUDED.payload,
-                     last_error_at = NULL, updated_at = EXCLUDED.updated_at
+                     last_error_at = NULL, updated_at = EXCLUDED.updated_at,
+                     window_start = EXCLUDED.window_start, window_rows = EXCLUDED.window_rows,
+                     window_checksum = EXCLUDED.window_checksum
                  WHERE x.as_of IS NULL OR x.as_of <= EXCLUDED.as_of
+                 RETURNING {SNAPSHOT_COLUMNS}),
+             cas AS (
+                 UPDATE experiment_exposures AS x
+                 SET as_of = $2, payload = $3, last_error_at = NULL, updated_at = now(),
+                     window_start = $4, window_rows = $5, window_checksum = $6
+                 WHERE x.experiment_id = $1 AND $7::timestamptz IS NOT NULL
+                   AND x.as_of = $7 AND x.as_of <= $2
                  RETURNING {SNAPSHOT_COLUMNS})
              SELECT {SNAPSHOT_COLUMNS} FROM up
              UNION ALL
+             SELECT {SNAPSHOT_COLUMNS} FROM cas
+             UNION ALL
              SELECT {SNAPSHOT_COLUMNS} FROM experiment_exposures
-             WHERE experiment_id = $1 AND NOT EXISTS (SELECT 1 FROM up)"
+             WHERE experiment_id = $1 AND NOT EXISTS (SELECT 1 FROM up) AND NOT EXISTS (SELECT 1 FROM cas)"
         );
-        // Safe to repeat: the same values again, under the same `as_of` rule.
+        let start = good.window.map(|w| w.start);
+        // Stored as the bits of the unsigned numbers (bigint has no unsigned form).
+        let rows = good.window.map(|w| w.fingerprint.rows as i64);
+        let checksum = good.window.map(|w| w.fingerprint.checksum as i64);
+        // Safe to repeat: a full write follows the same `as_of` rule again, and an
+        // incremental one whose first try committed finds its own row and returns it.
         let sql = &sql;
+        let (start, rows, checksum) = (&start, &rows, &checksum);
         let row = self
             .retry_once(|client| async move {
-                Ok(client.query_one(sql, &[&id, &as_of, payload]).await?)
+                Ok(client
+                    .query_one(
+                        sql,
+                        &[
+                            &id,
+                            &good.as_of,
+                            good.payload,
+                            start,
+                            rows,
+                            checksum,
+                            &good.base,
+                        ],
+                    )
+                    .await?)
             })
             .await?;
         Ok(StoredSnapshot::from_row(&row)?)

@@ -31,7 +31,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::{Config, ConfigError};
 use crate::retry::{Class, Retryable};
-use crate::summary::Count;
+use crate::summary::{Count, IdentityState, Transition};
 use crate::window::Window;
 
 /// The `event` value of exposures.
@@ -203,20 +203,26 @@ SELECT
     bucket,
     if(quarantined = 1, '', name) AS variant,
     identities,
-    toUInt8(quarantined = 0 AND (named = 0 OR name != other_name)) AS unresolved
+    toUInt8(quarantined = 0 AND (named = 0 OR name != other_name)) AS unresolved,
+    window_rows,
+    window_checksum
 FROM
 (
     SELECT
         toUInt8(min_code != max_code) AS quarantined,
         toUInt32(if(min_code = max_code, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
         if(min_code = max_code, min_code, toUInt64(0)) AS code,
-        toUInt64(count()) AS identities
+        toUInt64(count()) AS identities,
+        toUInt64(sum(rows)) AS window_rows,
+        toUInt64(sum(checksum)) AS window_checksum
     FROM
     (
         SELECT
             min(timestamp) AS first_seen,
             min(cityHash64(value)) AS min_code,
-            max(cityHash64(value)) AS max_code
+            max(cityHash64(value)) AS max_code,
+            count() AS rows,
+            sum({epoch}) AS checksum
         FROM ?
         WHERE {filter}
         GROUP BY sipHash128(identifier)
@@ -237,6 +243,179 @@ const FILTER: &str = "environment_key = ? AND event = ? AND feature_name = ?
           AND timestamp >= {bound} AND timestamp < {bound}
           AND identifier != ''";
 
+/// The incremental query (README "Incremental refresh"): one read of the window
+/// `[start, end)` computes the fingerprint of its earlier part `[start, base)` and
+/// of all of it, and collects the rows of the identities seen in `[base, end)`
+/// (the `GLOBAL IN` set: on a `Distributed` table it is built once over every
+/// shard and sent to each, since an identity's rows may live on different
+/// shards). Only those few rows are grouped, by the identifier itself; their
+/// state before and after `base` (absent, quarantined, or first bucket and
+/// variant) is counted per transition. Strings are compared directly, so no
+/// variant needs naming. Always at least one row: a row with `new_state = 0`
+/// only carries the fingerprints. The `IN` set is a read of its own: rows of
+/// `[base, end)` the main read sees but the set missed (inserted between the two)
+/// show as `changed_hits < changed_rows`, and the answer is not used.
+const INCREMENTAL_SQL: &str = "\
+SELECT
+    old_state, old_bucket, old_variant, new_state, new_bucket, new_variant,
+    toUInt64(count()) AS identities,
+    any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
+    any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
+    any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
+FROM
+(
+    SELECT
+        multiIf(identifier = '' OR countIf(before) = 0, toUInt8(0),
+                minIf(value, before) != maxIf(value, before), toUInt8(1), toUInt8(2)) AS old_state,
+        toUInt32(if(old_state = 2, intDiv(toUInt32(toDateTime(minIf(timestamp, before))), ?) * ?, 0)) AS old_bucket,
+        if(old_state = 2, minIf(value, before), '') AS old_variant,
+        multiIf(identifier = '', toUInt8(0), min(value) != max(value), toUInt8(1), toUInt8(2)) AS new_state,
+        toUInt32(if(new_state = 2, intDiv(toUInt32(toDateTime(min(timestamp))), ?) * ?, 0)) AS new_bucket,
+        if(new_state = 2, min(value), '') AS new_variant,
+        any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
+        any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
+        any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
+    FROM
+    (
+        SELECT
+            tupleElement(hit, 1) AS identifier, tupleElement(hit, 2) AS value,
+            tupleElement(hit, 3) AS timestamp, tupleElement(hit, 4) AS before,
+            before_rows, before_checksum, window_rows, window_checksum, changed_rows, changed_hits
+        FROM
+        (
+            SELECT
+                toUInt64(countIf((timestamp < {bound}) AS early)) AS before_rows,
+                toUInt64(sumIf({epoch}, early)) AS before_checksum,
+                toUInt64(count()) AS window_rows,
+                toUInt64(sum({epoch})) AS window_checksum,
+                groupArrayIf((identifier, value, timestamp, early), (identifier GLOBAL IN
+                    (SELECT identifier FROM ? WHERE {delta})) AS changed) AS hits,
+                toUInt64(countIf(NOT early)) AS changed_rows,
+                toUInt64(countIf(changed AND NOT early)) AS changed_hits
+            FROM ?
+            WHERE {filter}
+        )
+        LEFT ARRAY JOIN hits AS hit
+    )
+    GROUP BY identifier
+)
+GROUP BY old_state, old_bucket, old_variant, new_state, new_bucket, new_variant";
+
+/// How many rows arrived in `[base, end)`: a primary-key range, so it reads little.
+const DELTA_ROWS_SQL: &str = "SELECT toUInt64(count()) FROM ? WHERE {delta}";
+
+/// Mutations (`ALTER TABLE ... UPDATE/DELETE`) of the events table not finished,
+/// or created since a time. Old and current servers list them in `system.mutations`.
+const MUTATIONS_SQL: &str = "\
+SELECT toUInt64(count()) FROM system.mutations
+WHERE database = currentDatabase() AND table = ? AND (is_done = 0 OR create_time >= toDateTime(?))";
+
+/// What a snapshot's window held when it was computed: its rows and a wrapping
+/// sum of their timestamps (Unix seconds, or milliseconds on `DateTime64`).
+/// Computed by the same read as the payload, so it describes exactly the data the
+/// payload counts; a later read of the same window that finds other numbers
+/// proves the window changed (a late insert, a deletion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    /// Non-anonymous exposure rows of the experiment in the window.
+    pub rows: u64,
+    /// Wrapping sum of their timestamps.
+    pub checksum: u64,
+}
+
+impl Fingerprint {
+    fn add(self, rows: u64, checksum: u64) -> Self {
+        Self {
+            rows: self.rows.wrapping_add(rows),
+            checksum: self.checksum.wrapping_add(checksum),
+        }
+    }
+}
+
+/// One result row of the incremental query, as the server sends it.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+pub struct TransitionRow {
+    /// 0 absent before `base`, 1 quarantined, 2 counted in `old_bucket` under `old_variant`.
+    pub old_state: u8,
+    /// Bucket start (Unix seconds) of the state before `base`.
+    pub old_bucket: u32,
+    /// Variant of the state before `base`.
+    pub old_variant: String,
+    /// 0 on the row that only carries fingerprints, 1 quarantined, 2 counted.
+    pub new_state: u8,
+    /// Bucket start (Unix seconds) of the state at `end`.
+    pub new_bucket: u32,
+    /// Variant of the state at `end`.
+    pub new_variant: String,
+    /// Identities making this transition.
+    pub identities: u64,
+    /// Rows of `[start, base)`.
+    pub before_rows: u64,
+    /// Checksum of `[start, base)`.
+    pub before_checksum: u64,
+    /// Rows of `[start, end)`.
+    pub window_rows: u64,
+    /// Checksum of `[start, end)`.
+    pub window_checksum: u64,
+    /// Rows of `[base, end)` in the main read.
+    pub changed_rows: u64,
+    /// Those of them whose identity is in the `IN` set.
+    pub changed_hits: u64,
+}
+
+/// The answer of the incremental query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The earlier window `[start, base)` as read now: equal to the stored fingerprint when unchanged.
+    pub before: Fingerprint,
+    /// The whole window `[start, end)`, to store with the new payload.
+    pub window: Fingerprint,
+    /// Per-identity state changes of the identities seen since `base`.
+    pub transitions: Vec<Transition>,
+    /// False when the set of identities seen since `base` missed rows of the main
+    /// read (inserted between the two reads): the transitions are incomplete.
+    pub complete: bool,
+}
+
+/// Decodes the incremental answer.
+pub fn delta(rows: Vec<TransitionRow>) -> Delta {
+    let mut out = Delta {
+        before: Fingerprint::default(),
+        window: Fingerprint::default(),
+        transitions: Vec::new(),
+        complete: true,
+    };
+    for row in rows {
+        out.complete = row.changed_hits == row.changed_rows;
+        // Every row repeats the same fingerprints (one read).
+        out.before = Fingerprint::default().add(row.before_rows, row.before_checksum);
+        out.window = Fingerprint::default().add(row.window_rows, row.window_checksum);
+        let bucket = |secs: u32| DateTime::from_timestamp(i64::from(secs), 0).unwrap_or_default();
+        let old = match row.old_state {
+            0 => IdentityState::Absent,
+            1 => IdentityState::Quarantined,
+            _ => IdentityState::Counted {
+                bucket: bucket(row.old_bucket),
+                variant: row.old_variant,
+            },
+        };
+        let new = match row.new_state {
+            0 => continue,
+            1 => IdentityState::Quarantined,
+            _ => IdentityState::Counted {
+                bucket: bucket(row.new_bucket),
+                variant: row.new_variant,
+            },
+        };
+        out.transitions.push(Transition {
+            old,
+            new,
+            identities: row.identities,
+        });
+    }
+    out
+}
+
 /// One result row of the exposures query, as the server sends it.
 #[derive(Debug, clickhouse::Row, Deserialize)]
 pub struct BucketRow {
@@ -250,6 +429,10 @@ pub struct BucketRow {
     pub identities: u64,
     /// 1 when the row's variant code could not be named exactly (see the module doc).
     pub unresolved: u8,
+    /// Rows of the window behind this row's identities (their sum is the window's fingerprint).
+    pub window_rows: u64,
+    /// Wrapping sum of those rows' timestamps (see [`Fingerprint`]).
+    pub window_checksum: u64,
 }
 
 impl TryFrom<BucketRow> for Count {
@@ -291,6 +474,22 @@ impl TryFrom<BucketRow> for Count {
 /// The counts of a whole answer, or the first reason it cannot be trusted.
 pub fn counts(rows: Vec<BucketRow>) -> Result<Vec<Count>, WarehouseError> {
     rows.into_iter().map(Count::try_from).collect()
+}
+
+/// The fingerprint of the window a full answer counted.
+pub fn fingerprint(rows: &[BucketRow]) -> Fingerprint {
+    rows.iter().fold(Fingerprint::default(), |f, row| {
+        f.add(row.window_rows, row.window_checksum)
+    })
+}
+
+/// A full computation: the counts and the fingerprint of the window they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Computed {
+    /// Per-bucket counts.
+    pub counts: Vec<Count>,
+    /// What the window held.
+    pub fingerprint: Fingerprint,
 }
 
 /// Memory settings sent with every query (README "Performance", issue 5).
@@ -363,31 +562,65 @@ impl Warehouse {
         window: &Window,
     ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        let bound = match kind {
-            TimestampKind::DateTime => "toDateTime(?)",
-            TimestampKind::DateTime64 => "fromUnixTimestamp64Milli(toInt64(?))",
-        };
-        let filter = FILTER.replace("{bound}", bound);
-        let sql = EXPOSURES_SQL.replace("{filter}", &filter);
-        let bind_read = |query: clickhouse::query::Query| {
-            let query = query
-                .bind(Identifier(&self.table))
-                .bind(target.environment_key)
-                .bind(EXPOSURE_EVENT)
-                .bind(target.feature_name);
-            match kind {
-                // A `DateTime` holds whole seconds, so `t >= x` is `t >= ceil(x)` and `t < y` is `t < ceil(y)`.
-                TimestampKind::DateTime => query
-                    .bind(ceil_seconds(window.start))
-                    .bind(ceil_seconds(window.end)),
-                TimestampKind::DateTime64 => query
-                    .bind(window.start.timestamp_millis())
-                    .bind(window.end.timestamp_millis()),
-            }
-        };
         // Binds follow the text: the bucket width twice, then each read of the table.
-        let query = self.client.query(&sql).bind(width).bind(width);
-        bind_read(bind_read(query))
+        let query = self
+            .client
+            .query(&render(EXPOSURES_SQL, kind))
+            .bind(width)
+            .bind(width);
+        let query = self.bind_read(query, kind, target, window.start, window.end);
+        self.bind_read(query, kind, target, window.start, window.end)
+    }
+
+    /// The incremental query from the snapshot stored at `base` to `window.end`,
+    /// buckets at the window's granularity (for tests and benchmarks).
+    pub fn incremental_query(
+        &self,
+        kind: TimestampKind,
+        target: Target<'_>,
+        window: &Window,
+        base: DateTime<Utc>,
+    ) -> clickhouse::query::Query {
+        let width = window.granularity.seconds();
+        let query = self
+            .client
+            .query(&render(INCREMENTAL_SQL, kind))
+            .bind(width)
+            .bind(width)
+            .bind(width)
+            .bind(width);
+        let query = bind_time(query, kind, base);
+        let query = self.bind_read(query, kind, target, base, window.end);
+        self.bind_read(query, kind, target, window.start, window.end)
+    }
+
+    /// Counts the experiment's rows in `[base, window.end)` (for tests and benchmarks).
+    pub fn delta_rows_query(
+        &self,
+        kind: TimestampKind,
+        target: Target<'_>,
+        window: &Window,
+        base: DateTime<Utc>,
+    ) -> clickhouse::query::Query {
+        let query = self.client.query(&render(DELTA_ROWS_SQL, kind));
+        self.bind_read(query, kind, target, base, window.end)
+    }
+
+    /// Binds the table and the filter of one read of `[from, to)`.
+    fn bind_read(
+        &self,
+        query: clickhouse::query::Query,
+        kind: TimestampKind,
+        target: Target<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> clickhouse::query::Query {
+        let query = query
+            .bind(Identifier(&self.table))
+            .bind(target.environment_key)
+            .bind(EXPOSURE_EVENT)
+            .bind(target.feature_name);
+        bind_time(bind_time(query, kind, from), kind, to)
     }
 
     /// Runs the exposures query for `target` over `window`.
@@ -395,14 +628,59 @@ impl Warehouse {
         &self,
         target: Target<'_>,
         window: &Window,
-    ) -> Result<Vec<Count>, WarehouseError> {
+    ) -> Result<Computed, WarehouseError> {
         if window.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Computed {
+                counts: Vec::new(),
+                fingerprint: Fingerprint::default(),
+            });
         }
         let kind = self.timestamp_kind().await?;
         let query = self.exposures_query(kind, target, window);
         let rows = self.with_timeout(query.fetch_all::<BucketRow>()).await?;
-        counts(rows)
+        let fingerprint = fingerprint(&rows);
+        Ok(Computed {
+            counts: counts(rows)?,
+            fingerprint,
+        })
+    }
+
+    /// Rows of the experiment in `[base, window.end)`: how much changed since the stored snapshot.
+    pub async fn delta_rows(
+        &self,
+        target: Target<'_>,
+        window: &Window,
+        base: DateTime<Utc>,
+    ) -> Result<u64, WarehouseError> {
+        let kind = self.timestamp_kind().await?;
+        let query = self.delta_rows_query(kind, target, window, base);
+        self.with_timeout(query.fetch_one::<u64>()).await
+    }
+
+    /// Mutations of the events table that are unfinished or were created at or after
+    /// `since`: their changes may not show in a row count (an `UPDATE` of a value).
+    pub async fn mutations_since(&self, since: DateTime<Utc>) -> Result<u64, WarehouseError> {
+        let query = self
+            .client
+            .query(MUTATIONS_SQL)
+            .bind(&self.table)
+            .bind(since.timestamp());
+        self.with_timeout(query.fetch_one::<u64>()).await
+    }
+
+    /// Runs the incremental query from the snapshot stored at `base`.
+    pub async fn incremental(
+        &self,
+        target: Target<'_>,
+        window: &Window,
+        base: DateTime<Utc>,
+    ) -> Result<Delta, WarehouseError> {
+        let kind = self.timestamp_kind().await?;
+        let query = self.incremental_query(kind, target, window, base);
+        let rows = self
+            .with_timeout(query.fetch_all::<TransitionRow>())
+            .await?;
+        Ok(delta(rows))
     }
 
     /// Looked up once per container: the column type does not change under a running function.
@@ -465,6 +743,37 @@ fn https_client(ca_file: &str) -> Result<clickhouse::Client, ConfigError> {
             .pool_idle_timeout(Duration::from_secs(2))
             .build(https);
     Ok(clickhouse::Client::with_http_client(http_client))
+}
+
+/// The SQL text for the column's type: `{filter}` and `{delta}` are reads of the
+/// experiment's rows, `{bound}` turns a bound number into the column's type,
+/// `{epoch}` is a row's timestamp as an unsigned number (the fingerprint's unit).
+fn render(template: &str, kind: TimestampKind) -> String {
+    let (bound, epoch) = match kind {
+        TimestampKind::DateTime => ("toDateTime(?)", "toUInt64(toUInt32(timestamp))"),
+        TimestampKind::DateTime64 => (
+            "fromUnixTimestamp64Milli(toInt64(?))",
+            "toUInt64(toUnixTimestamp64Milli(timestamp))",
+        ),
+    };
+    template
+        .replace("{filter}", FILTER)
+        .replace("{delta}", FILTER)
+        .replace("{bound}", bound)
+        .replace("{epoch}", epoch)
+}
+
+/// Binds one window bound in the column's unit.
+fn bind_time(
+    query: clickhouse::query::Query,
+    kind: TimestampKind,
+    t: DateTime<Utc>,
+) -> clickhouse::query::Query {
+    match kind {
+        // A `DateTime` holds whole seconds, so `t >= x` is `t >= ceil(x)` and `t < y` is `t < ceil(y)`.
+        TimestampKind::DateTime => query.bind(ceil_seconds(t)),
+        TimestampKind::DateTime64 => query.bind(t.timestamp_millis()),
+    }
 }
 
 fn ceil_seconds(t: DateTime<Utc>) -> i64 {
@@ -596,6 +905,8 @@ mod tests {
             variant: variant.into(),
             identities,
             unresolved,
+            window_rows: 0,
+            window_checksum: 0,
         }
     }
 
@@ -672,5 +983,59 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains('?'), "{sql}");
+    }
+
+    fn transition(old_state: u8, new_state: u8, identities: u64, hits: u64) -> TransitionRow {
+        TransitionRow {
+            old_state,
+            old_bucket: 1_780_272_000,
+            old_variant: "control".into(),
+            new_state,
+            new_bucket: 1_780_275_600,
+            new_variant: "control".into(),
+            identities,
+            before_rows: 10,
+            before_checksum: 11,
+            window_rows: 12,
+            window_checksum: 13,
+            changed_rows: 2,
+            changed_hits: hits,
+        }
+    }
+
+    #[test]
+    fn incremental_answers_become_transitions_and_fingerprints() {
+        let d = delta(vec![transition(0, 2, 3, 2), transition(2, 1, 1, 2)]);
+        assert_eq!(
+            d.before,
+            Fingerprint {
+                rows: 10,
+                checksum: 11
+            }
+        );
+        assert_eq!(
+            d.window,
+            Fingerprint {
+                rows: 12,
+                checksum: 13
+            }
+        );
+        assert!(d.complete);
+        assert_eq!(d.transitions.len(), 2);
+        assert_eq!(d.transitions[0].old, IdentityState::Absent);
+        assert_eq!(
+            d.transitions[1].old,
+            IdentityState::Counted {
+                bucket: Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+                variant: "control".into(),
+            }
+        );
+        assert_eq!(d.transitions[1].new, IdentityState::Quarantined);
+        // The row with new_state 0 only carries fingerprints.
+        let only = delta(vec![transition(0, 0, 1, 2)]);
+        assert!(only.transitions.is_empty());
+        assert_eq!(only.window.rows, 12);
+        // Rows since `base` whose identity the IN set missed: not complete.
+        assert!(!delta(vec![transition(0, 2, 3, 1)]).complete);
     }
 }

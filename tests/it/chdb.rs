@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::helpers::{exposure, insert_sql, ts};
 use crate::scenarios::{self, Scenario};
 
-const REFERENCE_DDL: &str = include_str!("../../migrations/clickhouse/events.sql");
+pub const REFERENCE_DDL: &str = include_str!("../../migrations/clickhouse/events.sql");
 
 struct Job {
     name: String,
@@ -38,6 +38,11 @@ fn run_jobs(jobs: &[Job]) -> Value {
                "query": query.sql_display().to_string()})
     }).collect::<Vec<_>>()});
 
+    run_chdb(payload)
+}
+
+/// Runs `{"jobs": [...]}` through scripts/chdb_run.py; returns its `results`.
+pub fn run_chdb(payload: Value) -> Value {
     let python = std::env::var("EXPOSURES_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/chdb_run.py");
     let mut child = Command::new(&python)

@@ -123,9 +123,37 @@ pub fn secret_options() -> Options {
     }
 }
 
+/// How the refresh under the fault computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// From the stored snapshot (the usual case for a running experiment).
+    Incremental,
+    /// In full: the stored snapshot's window fingerprint is forgotten first.
+    Full,
+}
+
 /// Stores a good 24-hour snapshot directly, then refreshes 48 hours through a
 /// proxy injecting `fault` `times` times, with `settings` and `deadline_in`.
 async fn run_with(
+    options: Options,
+    fault: Fault,
+    times: usize,
+    settings: &[(&str, &str)],
+    deadline_in: Option<Duration>,
+) -> Run {
+    run_on(
+        Path::Incremental,
+        options,
+        fault,
+        times,
+        settings,
+        deadline_in,
+    )
+    .await
+}
+
+async fn run_on(
+    path: Path,
     options: Options,
     fault: Fault,
     times: usize,
@@ -138,6 +166,15 @@ async fn run_with(
     env.set_now(ts(BEFORE));
     let first = env.invoke(json!({"experiment_id": id})).await.unwrap();
     assert_eq!(first["exposures"]["payload"], payload(24));
+    if path == Path::Full {
+        env.pg
+            .execute(
+                "UPDATE experiment_exposures SET window_rows = NULL WHERE experiment_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
 
     let proxy = Proxy::start(&clickhouse_url()).await;
     proxy.inject(fault, times);
@@ -183,6 +220,40 @@ async fn refused_first_connection_is_retried() {
 async fn reset_after_the_request_is_retried() {
     let r = run(Fault::ResetAfterRequest, 1).await;
     r.assert_refreshed().await;
+    assert_eq!((r.proxy.queries(), r.retries()), (2, 1), "{}", r.logs);
+}
+
+/// The `mode` of the `refreshed` log event.
+fn mode(logs: &str) -> &str {
+    let line = logs
+        .lines()
+        .find(|l| l.contains(" refreshed"))
+        .unwrap_or_else(|| panic!("no `refreshed` event in:\n{logs}"));
+    if line.contains("mode=\"incremental\"") {
+        "incremental"
+    } else {
+        "full"
+    }
+}
+
+#[tokio::test]
+async fn faults_in_the_incremental_and_the_full_query_are_retried() {
+    let r = run(Fault::ResetAfterRequest, 1).await;
+    r.assert_refreshed().await;
+    assert_eq!(mode(&r.logs), "incremental", "{}", r.logs);
+    assert_eq!((r.proxy.queries(), r.retries()), (2, 1), "{}", r.logs);
+
+    let r = run_on(
+        Path::Full,
+        Options::default(),
+        Fault::CutAnswer(1200),
+        1,
+        &[],
+        None,
+    )
+    .await;
+    r.assert_refreshed().await;
+    assert_eq!(mode(&r.logs), "full", "{}", r.logs);
     assert_eq!((r.proxy.queries(), r.retries()), (2, 1), "{}", r.logs);
 }
 
@@ -473,7 +544,11 @@ async fn clickhouse_killed_mid_query_then_restarted() {
             .with_validation(false);
         for _ in 0..200 {
             let running: u64 = monitor
-                .query("SELECT count() FROM system.processes WHERE query LIKE '%sipHash128%' AND query NOT LIKE '%system.processes%'")
+                .query(
+                    "SELECT count() FROM system.processes \
+                     WHERE (query LIKE '%sipHash128%' OR query LIKE '%changed_hits%') \
+                       AND query NOT LIKE '%system.processes%'",
+                )
                 .fetch_one()
                 .await
                 .unwrap_or(0);

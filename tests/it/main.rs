@@ -9,6 +9,8 @@ mod distributed;
 mod faults;
 mod health;
 mod helpers;
+mod incremental;
+mod incremental_property;
 mod invocation;
 mod load;
 mod openapi;

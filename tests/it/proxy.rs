@@ -1,10 +1,11 @@
 //! A fault-injecting TCP proxy in front of the real ClickHouse server.
 //!
 //! It passes bytes through, except for the faults it is told to inject: at a
-//! new connection ([`Fault::Refuse`]), or at a request carrying the refresh
-//! query (recognised by [`MARKER`], which only the exposures query contains;
-//! the column-type lookup before it passes through). It counts the
-//! connections it accepted and the refresh queries it saw.
+//! new connection ([`Fault::Refuse`]), or at a request carrying a refresh
+//! query (recognised by one of [`MARKERS`], which only the full and the
+//! incremental exposures queries contain; the column-type lookup, the mutations
+//! check and the change count pass through). It counts the connections it
+//! accepted and the refresh queries it saw.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Text only the refresh query sends.
-pub const MARKER: &[u8] = b"sipHash128";
+/// Texts only the refresh queries send: the full one, and the incremental one.
+pub const MARKERS: [&[u8]; 2] = [b"sipHash128", b"changed_hits"];
+/// Bytes of a request kept between reads, so a marker split across two is seen.
+const TAIL: usize = 16;
 
 /// What the proxy does instead of passing through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +145,10 @@ async fn serve(mut client: TcpStream, state: Arc<State>) {
                 let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
                 let chunk = &from_client[..n];
                 request_tail.extend_from_slice(chunk);
-                if request_tail.windows(MARKER.len()).any(|w| w == MARKER) {
+                if MARKERS
+                    .iter()
+                    .any(|m| request_tail.windows(m.len()).any(|w| w == *m))
+                {
                     request_tail.clear();
                     state.queries.fetch_add(1, Ordering::SeqCst);
                     match state.take(false) {
@@ -180,7 +186,7 @@ async fn serve(mut client: TcpStream, state: Arc<State>) {
                         }
                     }
                 } else {
-                    let keep = request_tail.len().saturating_sub(MARKER.len());
+                    let keep = request_tail.len().saturating_sub(TAIL);
                     request_tail.drain(..keep);
                 }
                 if upstream.write_all(chunk).await.is_err() {
