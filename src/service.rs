@@ -247,39 +247,37 @@ impl App {
                 source,
             }
         };
-        let base = incremental::base(experiment, &window, stored.as_ref());
-        // Each attempt computes afresh (every query is a read, safe to repeat).
-        let (mut result, mut attempts) = match retry::run(&policy, until, "exposures query", || {
-            self.compute(target, &window, base.clone())
-        })
-        .await
-        {
-            Ok(done) => done,
-            Err(failure) => return Err(fail(failure).await),
-        };
-        let mut stored = self.store_result(experiment.id, &window, &result).await?;
-        if result.base.is_some() && stored.as_of < Some(window.end) {
-            // Another refresh stored a snapshot after the one this change was computed
-            // against, but before this window's end: the change does not apply to it.
-            let (full, more) = match retry::run(&policy, until, "exposures query", || {
-                self.compute(target, &window, Err(FullReason::Race))
+        let mut base = incremental::base(experiment, &window, stored.as_ref());
+        let mut attempts = 0;
+        let (result, stored) = loop {
+            // Each attempt computes afresh (every query is a read, safe to repeat).
+            let (result, made) = match retry::run(&policy, until, "exposures query", || {
+                self.compute(target, &window, base.clone())
             })
             .await
             {
                 Ok(done) => done,
                 Err(failure) => return Err(fail(failure).await),
             };
-            result = full;
-            attempts += more;
-            stored = self.store_result(experiment.id, &window, &result).await?;
-        }
+            attempts += made;
+            let stored = self.store_result(experiment.id, &window, &result).await?;
+            if result.base.is_ok() && stored.as_of < Some(window.end) {
+                // Another refresh stored a snapshot after the one this change was computed
+                // against, but before this window's end: the change does not apply to it.
+                // Once more in full (which is stored by the `as_of` rule alone).
+                base = Err(FullReason::Race);
+                continue;
+            }
+            break (result, stored);
+        };
         let payload = &result.payload;
+        let mode = result.mode();
         tracing::info!(
             experiment_id = experiment.id,
             granularity = window.granularity.as_str(),
             as_of = %rfc3339::format(&window.end),
-            mode = if result.base.is_some() { "incremental" } else { "full" },
-            full_reason = result.full_reason.map(FullReason::as_str),
+            mode = mode.as_str(),
+            full_reason = mode.full_reason().map(FullReason::as_str),
             rows = result.rows,
             window_rows = result.fingerprint.rows,
             identities = payload.identities(),
@@ -291,10 +289,6 @@ impl App {
             superseded = stored.as_of != Some(window.end),
             "refreshed"
         );
-        let mode = match result.full_reason {
-            Some(reason) => Mode::Full(reason),
-            None => Mode::Incremental,
-        };
         Ok((
             Outcome::Refreshed,
             SnapshotView::new(experiment, Some(&stored)),
@@ -320,8 +314,7 @@ impl App {
                         payload,
                         fingerprint: delta.window,
                         rows: delta.transitions.len(),
-                        base: Some(base.as_of),
-                        full_reason: None,
+                        base: Ok(base.as_of),
                         query_ms: began.elapsed().as_millis() as u64,
                     })
                 }
@@ -333,8 +326,7 @@ impl App {
             rows: computed.counts.len(),
             payload: Payload::build(window.granularity, computed.counts),
             fingerprint: computed.fingerprint,
-            base: None,
-            full_reason: Some(reason),
+            base: Err(reason),
             query_ms: began.elapsed().as_millis() as u64,
         })
     }
@@ -398,7 +390,7 @@ impl App {
                         start: window.start,
                         fingerprint: result.fingerprint,
                     }),
-                    base: result.base,
+                    base: result.base.ok(),
                 },
             )
             .await?)
@@ -414,14 +406,40 @@ pub enum Mode {
     Incremental,
 }
 
+impl Mode {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full(_) => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+
+    /// Why the refresh was full; `None` when it was incremental.
+    pub fn full_reason(self) -> Option<FullReason> {
+        match self {
+            Mode::Full(reason) => Some(reason),
+            Mode::Incremental => None,
+        }
+    }
+}
+
 /// A computed payload and how it was computed.
 struct Computation {
     payload: Payload,
     fingerprint: Fingerprint,
     /// Result rows of the query (buckets, or transitions).
     rows: usize,
-    /// `as_of` of the snapshot an incremental result changes; `None` when full.
-    base: Option<DateTime<Utc>>,
-    full_reason: Option<FullReason>,
+    /// `as_of` of the snapshot an incremental result changes, or why it is full.
+    base: Result<DateTime<Utc>, FullReason>,
     query_ms: u64,
+}
+
+impl Computation {
+    fn mode(&self) -> Mode {
+        match self.base {
+            Ok(_) => Mode::Incremental,
+            Err(reason) => Mode::Full(reason),
+        }
+    }
 }

@@ -500,9 +500,7 @@ impl Store {
         .await?;
         Ok(())
     }
-}
 
-impl Store {
     /// Runs `statement` on a pooled connection and, when that connection turns
     /// out to be lost, once more on another one. Only for statements that are
     /// safe to run twice.

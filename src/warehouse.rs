@@ -388,25 +388,20 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
     for row in rows {
         out.complete = row.changed_hits == row.changed_rows;
         // Every row repeats the same fingerprints (one read).
-        out.before = Fingerprint::default().add(row.before_rows, row.before_checksum);
-        out.window = Fingerprint::default().add(row.window_rows, row.window_checksum);
-        let bucket = |secs: u32| DateTime::from_timestamp(i64::from(secs), 0).unwrap_or_default();
-        let old = match row.old_state {
-            0 => IdentityState::Absent,
-            1 => IdentityState::Quarantined,
-            _ => IdentityState::Counted {
-                bucket: bucket(row.old_bucket),
-                variant: row.old_variant,
-            },
+        out.before = Fingerprint {
+            rows: row.before_rows,
+            checksum: row.before_checksum,
         };
-        let new = match row.new_state {
-            0 => continue,
-            1 => IdentityState::Quarantined,
-            _ => IdentityState::Counted {
-                bucket: bucket(row.new_bucket),
-                variant: row.new_variant,
-            },
+        out.window = Fingerprint {
+            rows: row.window_rows,
+            checksum: row.window_checksum,
         };
+        // New state 0 is the row that only carries the fingerprints.
+        let Some(new) = identity_state(row.new_state, row.new_bucket, row.new_variant) else {
+            continue;
+        };
+        let old = identity_state(row.old_state, row.old_bucket, row.old_variant)
+            .unwrap_or(IdentityState::Absent);
         out.transitions.push(Transition {
             old,
             new,
@@ -414,6 +409,24 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
         });
     }
     out
+}
+
+/// A state column of the incremental answer: 0 absent (`None`), 1 quarantined,
+/// 2 counted in `bucket` under `variant`.
+fn identity_state(state: u8, bucket: u32, variant: String) -> Option<IdentityState> {
+    match state {
+        0 => None,
+        1 => Some(IdentityState::Quarantined),
+        _ => Some(IdentityState::Counted {
+            bucket: bucket_start(bucket),
+            variant,
+        }),
+    }
+}
+
+/// A bucket start sent as Unix seconds.
+fn bucket_start(secs: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(i64::from(secs), 0).unwrap_or_default()
 }
 
 /// One result row of the exposures query, as the server sends it.
@@ -450,7 +463,7 @@ impl TryFrom<BucketRow> for Count {
                 row.quarantined, row.unresolved, row.bucket
             )));
         }
-        let bucket = DateTime::from_timestamp(i64::from(row.bucket), 0).unwrap_or_default();
+        let bucket = bucket_start(row.bucket);
         if row.unresolved != 0 {
             return Err(WarehouseError::UnresolvedVariant {
                 bucket,

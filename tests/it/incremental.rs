@@ -195,7 +195,7 @@ async fn a_large_change_is_computed_in_full() {
         Mode::Full(FullReason::First),
     )
     .await;
-    // More than 5 % of the stored rows, and more than a small change.
+    // More than 2 % of the stored rows, and more than a small change.
     let changed = exposures::incremental::SMALL_CHANGE_ROWS + 1;
     rows(changed, "n", "2026-06-01T02:10:00Z").await.unwrap();
     step(
