@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/chi2_sf.csv: reference upper-tail probabilities of the
 chi-squared distribution, computed by SciPy (scipy.stats.chi2.sf, Cephes' igamc),
-an implementation independent of the project's own (src/health.rs).
+an implementation independent of the project's own (src/domain/health/sample_ratio.rs).
 
 Run once; the fixture is committed and the tests read it without SciPy:
     python3 scripts/chi2_reference.py

@@ -128,7 +128,8 @@ impl Config {
             "postgres://postgres@127.0.0.1:5432/postgres",
         );
         // The parser's message never echoes the string, so the password stays out of it.
-        crate::store::connection_config(&database_url)?;
+        crate::conninfo::parse(&database_url)
+            .map_err(|reason| ConfigError::new("DATABASE_URL", reason))?;
 
         Ok(Self {
             clickhouse_url,

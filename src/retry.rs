@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Time kept free after the query's own timeout for the PostgreSQL write.
+pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
+
 /// What kind of failure an error is; decides whether it is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

@@ -205,8 +205,8 @@ mod tests {
             "{}",
             s.expose()
         );
-        let (_, mode) = crate::store::connection_config(s.expose()).unwrap();
-        assert_eq!(mode, crate::tls::SslMode::VerifyFull);
+        let (_, mode) = crate::conninfo::parse(s.expose()).unwrap();
+        assert_eq!(mode, crate::conninfo::SslMode::VerifyFull);
         assert!(database_url(r#"{"username": "a"}"#, false)
             .unwrap_err()
             .contains("\"host\""));

@@ -4,100 +4,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
+use crate::domain::experiment::Experiment;
+use crate::domain::fingerprint::Fingerprint;
+use crate::domain::incremental::{self, Base, FullReason};
+use crate::domain::rfc3339;
+use crate::domain::snapshot::{is_final, Outcome, SnapshotView, StoredSnapshot, StoredWindow};
+use crate::domain::summary::Payload;
+use crate::domain::window::Window;
 use crate::error::Error;
-use crate::health::Health;
-use crate::incremental::{self, Base, FullReason};
 use crate::retry::{self, Failure, Policy};
-use crate::rfc3339;
-use crate::store::{Experiment, Good, Store, StoredSnapshot, StoredWindow};
-use crate::summary::Payload;
-use crate::warehouse::{Delta, Fingerprint, Target, Warehouse, WarehouseError};
-use crate::window::Window;
+use crate::store::{Good, Store};
+use crate::warehouse::{Delta, Target, Warehouse, WarehouseError};
 
 /// Where "now" comes from; tests substitute a fixed clock.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// How a refresh ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// A new snapshot was computed and stored.
-    Refreshed,
-    /// The stored snapshot is final; nothing was queried.
-    Final,
-    /// The experiment has not started; nothing was computed.
-    NotStarted,
-}
-
-impl Outcome {
-    /// The name used in answers and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Refreshed => "refreshed",
-            Outcome::Final => "final",
-            Outcome::NotStarted => "not_started",
-        }
-    }
-}
-
-/// The snapshot object every answer carrying a snapshot uses.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SnapshotView {
-    /// The experiment.
-    pub experiment_id: i64,
-    /// `None` when nothing has ever been stored.
-    pub exposures: Option<Exposures>,
-}
-
-/// The stored snapshot as shown to readers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Exposures {
-    /// End of the window of `payload`.
-    #[serde(serialize_with = "rfc3339::serialize_option")]
-    pub as_of: Option<DateTime<Utc>>,
-    /// When the last refresh failed (cleared by a good one).
-    #[serde(serialize_with = "rfc3339::serialize_option")]
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// When an API refresh was last accepted.
-    #[serde(serialize_with = "rfc3339::serialize_option")]
-    pub refresh_requested_at: Option<DateTime<Utc>>,
-    /// True once the snapshot covers the whole experiment; never recomputed then.
-    pub is_final: bool,
-    /// The last good summary.
-    pub payload: Option<Value>,
-    /// Computed now from `payload` and the current weights; `None` without a payload.
-    pub health: Option<Health>,
-}
-
-impl SnapshotView {
-    /// Combines the experiment with what is stored for it.
-    pub fn new(experiment: &Experiment, stored: Option<&StoredSnapshot>) -> Self {
-        Self {
-            experiment_id: experiment.id,
-            exposures: stored.map(|s| Exposures {
-                as_of: s.as_of,
-                last_error_at: s.last_error_at,
-                refresh_requested_at: s.refresh_requested_at,
-                is_final: is_final(experiment, s),
-                payload: s.payload.clone(),
-                health: s
-                    .payload
-                    .as_ref()
-                    .filter(|p| !p.is_null())
-                    .map(|p| Health::compute(p, experiment.variant_weights.as_ref())),
-            }),
-        }
-    }
-}
-
-/// Final: the experiment ended and the stored window reaches its end.
-pub fn is_final(experiment: &Experiment, stored: &StoredSnapshot) -> bool {
-    matches!((experiment.ended_at, stored.as_of), (Some(ended), Some(as_of)) if as_of >= ended)
-}
 
 /// A deadline as a monotonic instant (what timers take), `now` being the
 /// current time by the app's clock (the one the deadline is compared with).
@@ -221,7 +144,7 @@ impl App {
             feature_name: &experiment.feature_name,
         };
         // Transient failures are tried again, keeping time to stamp the failure.
-        let policy = Policy::new(self.config.clickhouse_attempts, crate::sweep::WRITE_MARGIN);
+        let policy = Policy::new(self.config.clickhouse_attempts, retry::WRITE_MARGIN);
         let until = instant(deadline, now);
         let fail = |failure: Failure<WarehouseError>| async move {
             let Failure {

@@ -8,11 +8,10 @@ use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
+use crate::domain::snapshot::Outcome;
 use crate::error::Error;
-use crate::service::{App, Outcome};
-
-/// Time kept free after the query's own timeout for the PostgreSQL write.
-pub const WRITE_MARGIN: Duration = Duration::from_secs(5);
+use crate::retry;
+use crate::service::App;
 
 /// What a sweep did, by experiment id (each list ascending).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -26,7 +25,7 @@ pub struct SweepReport {
 }
 
 /// True when a refresh started at `now` is sure to end before `deadline`:
-/// its query is bounded by `query_timeout`, its write by [`WRITE_MARGIN`].
+/// its query is bounded by `query_timeout`, its write by [`retry::WRITE_MARGIN`].
 pub fn can_start(
     now: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
@@ -35,8 +34,8 @@ pub fn can_start(
     let Some(deadline) = deadline else {
         return true;
     };
-    let needed =
-        chrono::TimeDelta::from_std(query_timeout + WRITE_MARGIN).unwrap_or(chrono::TimeDelta::MAX);
+    let needed = chrono::TimeDelta::from_std(query_timeout + retry::WRITE_MARGIN)
+        .unwrap_or(chrono::TimeDelta::MAX);
     deadline - now >= needed
 }
 

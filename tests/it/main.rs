@@ -12,6 +12,7 @@ mod helpers;
 mod incremental;
 mod incremental_property;
 mod invocation;
+mod layout;
 mod load;
 mod openapi;
 mod proxy;

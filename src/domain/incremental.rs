@@ -7,8 +7,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::store::{Experiment, StoredSnapshot, StoredWindow};
-use crate::window::Window;
+use crate::domain::experiment::Experiment;
+use crate::domain::snapshot::{StoredSnapshot, StoredWindow};
+use crate::domain::window::Window;
 
 /// Why a refresh computes in full; logged as `full_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +119,7 @@ pub fn is_large_change(changed_rows: u64, stored_rows: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::warehouse::Fingerprint;
+    use crate::domain::fingerprint::Fingerprint;
     use chrono::{TimeDelta, TimeZone};
     use serde_json::json;
 

@@ -1,80 +1,17 @@
-//! Exposure health: a sample ratio mismatch test and the multiple-exposure
-//! share, computed from a stored payload and the experiment's current
-//! `variant_weights` each time a snapshot is answered (never stored, so a
-//! change of weights shows in the next answer without a refresh).
-//!
-//! Pure: no I/O, so every status, reason and boundary is unit-tested here,
-//! and the p-value against a reference table made by SciPy.
+//! The sample ratio test: Pearson's chi-squared goodness of fit of the
+//! observed split to the weights (SPEC 5.5).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+use super::Weights;
 
 /// Fewer identities than this over all variants: too few for the test.
 pub const MIN_IDENTITIES: u64 = 100;
 /// A p-value below this is a mismatch.
 pub const MISMATCH_P_VALUE: f64 = 0.001;
-/// Multiple exposure warns from this share of identities on...
-pub const WARNING_SHARE_PERCENT: u64 = 1;
-/// ...when at least this many identities are excluded.
-pub const WARNING_MIN_EXCLUDED: u64 = 10;
-
-/// The experiment's intended split: variant key to a non-negative weight, on any scale.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Weights(BTreeMap<String, f64>);
-
-impl Weights {
-    /// Reads a `variant_weights` value: `Ok(None)` when it is null or absent,
-    /// an error naming what is wrong when it is not an object of non-negative numbers.
-    pub fn from_json(value: Option<&Value>) -> Result<Option<Self>, String> {
-        let object = match value {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Object(object)) => object,
-            Some(other) => return Err(format!("not a JSON object: {other}")),
-        };
-        let mut weights = BTreeMap::new();
-        for (variant, weight) in object {
-            match weight.as_f64() {
-                Some(w) if w >= 0.0 && w.is_finite() => {
-                    weights.insert(variant.clone(), w);
-                }
-                _ => {
-                    return Err(format!(
-                        "weight of {variant:?} is not a non-negative number: {weight}"
-                    ))
-                }
-            }
-        }
-        Ok(Some(Self(weights)))
-    }
-
-    /// The arms: variants with a positive weight. Weights whose sum would
-    /// overflow are divided by the largest first (the scale does not matter).
-    fn arms(&self) -> BTreeMap<&str, f64> {
-        let arms: BTreeMap<&str, f64> = self
-            .0
-            .iter()
-            .filter(|(_, w)| **w > 0.0)
-            .map(|(v, w)| (v.as_str(), *w))
-            .collect();
-        if arms.values().sum::<f64>().is_finite() {
-            return arms;
-        }
-        let largest = arms.values().fold(0.0_f64, |m, w| m.max(*w));
-        arms.into_iter().map(|(v, w)| (v, w / largest)).collect()
-    }
-}
-
-/// Health of one snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Health {
-    /// Does the split look like the intended one?
-    pub sample_ratio: SampleRatio,
-    /// How many identities saw more than one variant.
-    pub multiple_exposure: MultipleExposure,
-}
 
 /// Verdict of the sample ratio test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,48 +58,8 @@ pub struct SampleRatio {
     pub unexpected_variants: Vec<String>,
 }
 
-/// Identities quarantined for seeing more than one variant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MultipleExposure {
-    /// As in the payload.
-    pub excluded_identities: u64,
-    /// Excluded over excluded plus first-exposed; 0 when both are 0.
-    pub share: f64,
-    /// Share of at least 1% and at least 10 identities excluded.
-    pub warning: bool,
-}
-
-impl Health {
-    /// Health of a stored payload (JSON as in docs/contract.md, section 4)
-    /// under `weights`. Counts that are not unsigned
-    /// integers are ignored rather than failing a read.
-    pub fn compute(payload: &Value, weights: Option<&Weights>) -> Self {
-        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        let points = payload["timeseries"]["points"].as_array();
-        for point in points.into_iter().flatten() {
-            if let Some(counts) = point["new_identities"].as_object() {
-                for (variant, n) in counts {
-                    let n = n.as_u64().unwrap_or(0);
-                    // Look up before inserting: a key is allocated once per variant, not per point.
-                    match seen.get_mut(variant) {
-                        Some(total) => *total = total.saturating_add(n),
-                        None => {
-                            seen.insert(variant.clone(), n);
-                        }
-                    }
-                }
-            }
-        }
-        let excluded = payload["excluded_identities"].as_u64().unwrap_or(0);
-        let identities = seen.values().fold(0_u64, |s, n| s.saturating_add(*n));
-        Self {
-            sample_ratio: sample_ratio(seen, identities, weights),
-            multiple_exposure: multiple_exposure(excluded, identities),
-        }
-    }
-}
-
-fn sample_ratio(
+/// The test over the variants `seen` (identities per variant) under `weights`.
+pub(super) fn compute(
     seen: BTreeMap<String, u64>,
     identities: u64,
     weights: Option<&Weights>,
@@ -231,22 +128,6 @@ fn sample_ratio(
     }
 }
 
-fn multiple_exposure(excluded: u64, identities: u64) -> MultipleExposure {
-    let all = u128::from(excluded) + u128::from(identities);
-    let share = if all == 0 {
-        0.0
-    } else {
-        excluded as f64 / all as f64
-    };
-    MultipleExposure {
-        excluded_identities: excluded,
-        share,
-        // In integers, so that exactly 1% is exactly on the boundary.
-        warning: excluded >= WARNING_MIN_EXCLUDED
-            && u128::from(excluded) * 100 >= u128::from(WARNING_SHARE_PERCENT) * all,
-    }
-}
-
 /// Survival function (upper tail) of the chi-squared distribution with
 /// `degrees_of_freedom` at `statistic`, i.e. the regularized upper incomplete
 /// gamma function `Q(df/2, statistic/2)`, by `statrs`. Its accuracy is what the
@@ -263,58 +144,8 @@ pub fn chi_squared_sf(statistic: f64, degrees_of_freedom: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn payload(points: Value, excluded: u64) -> Value {
-        json!({"excluded_identities": excluded,
-               "timeseries": {"granularity": "day", "points": points}})
-    }
-
-    fn one_point(counts: Value) -> Value {
-        payload(
-            json!([{"bucket": "2026-06-01T00:00:00Z", "new_identities": counts}]),
-            0,
-        )
-    }
-
-    fn weights(v: Value) -> Weights {
-        Weights::from_json(Some(&v)).unwrap().unwrap()
-    }
-
-    fn health(payload: &Value, w: Option<Value>) -> Health {
-        Health::compute(payload, w.map(weights).as_ref())
-    }
-
-    #[test]
-    fn the_contract_example() {
-        let p = payload(
-            json!([
-                {"bucket": "2026-06-01T00:00:00Z", "new_identities": {"control": 500, "variant_a": 470}},
-                {"bucket": "2026-06-02T00:00:00Z", "new_identities": {"control": 20, "variant_a": 10}}
-            ]),
-            4,
-        );
-        let h = health(&p, Some(json!({"control": 50, "variant_a": 50})));
-        assert_eq!(
-            serde_json::to_value(&h).unwrap(),
-            json!({
-                "sample_ratio": {
-                    "status": "ok", "reason": null,
-                    "observed": {"control": 520, "variant_a": 480},
-                    "expected": {"control": 500.0, "variant_a": 500.0},
-                    "chi_squared": 1.6, "degrees_of_freedom": 1,
-                    "p_value": h.sample_ratio.p_value.unwrap(),
-                    "unexpected_variants": []
-                },
-                "multiple_exposure": {"excluded_identities": 4, "share": 4.0 / 1004.0, "warning": false}
-            })
-        );
-        let p_value = h.sample_ratio.p_value.unwrap();
-        assert!(
-            (p_value / 0.20590321073206466 - 1.0).abs() < 1e-12,
-            "{p_value}"
-        );
-    }
+    use crate::domain::health::tests::{health, one_point, payload};
+    use serde_json::{json, Value};
 
     #[test]
     fn no_weights_skips_and_lists_nothing_unexpected() {
@@ -343,30 +174,6 @@ mod tests {
         for key in ["expected", "chi_squared", "degrees_of_freedom", "p_value"] {
             assert_eq!(v[key], Value::Null, "{key} is present and null");
         }
-    }
-
-    #[test]
-    fn malformed_weights_are_errors_naming_the_problem() {
-        for bad in [
-            json!([1, 2]),
-            json!("50/50"),
-            json!(5),
-            json!(true),
-            json!({"control": -1, "b": 1}),
-            json!({"control": "50", "b": 50}),
-            json!({"control": null, "b": 50}),
-            json!({"control": {"w": 1}}),
-        ] {
-            let e = Weights::from_json(Some(&bad)).unwrap_err();
-            assert!(!e.is_empty(), "{bad}");
-        }
-        assert_eq!(Weights::from_json(None), Ok(None));
-        assert_eq!(Weights::from_json(Some(&Value::Null)), Ok(None));
-        assert!(
-            Weights::from_json(Some(&json!({"control": 1e300, "b": 0.5})))
-                .unwrap()
-                .is_some()
-        );
     }
 
     #[test]
@@ -525,56 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn multiple_exposure_warning_boundaries() {
-        let share = |excluded: u64, first: u64| multiple_exposure(excluded, first);
-        assert_eq!(
-            share(0, 0),
-            MultipleExposure {
-                excluded_identities: 0,
-                share: 0.0,
-                warning: false
-            }
-        );
-        // Exactly 1% with exactly 10 excluded warns.
-        let m = share(10, 990);
-        assert_eq!((m.share, m.warning), (0.01, true));
-        // Just under 1%, or 1% with fewer than 10 excluded, does not.
-        assert!(!share(10, 991).warning);
-        assert!(!share(9, 891).warning);
-        assert_eq!(share(9, 891).share, 0.01);
-        assert!(share(11, 0).warning);
-        assert_eq!(share(11, 0).share, 1.0);
-        // Through a payload: all first-exposed identities, any variant.
-        let h = health(
-            &payload(
-                json!([{"bucket": "2026-06-01T00:00:00Z", "new_identities": {"a": 500, "zz": 490}}]),
-                10,
-            ),
-            None,
-        );
-        assert_eq!(
-            h.multiple_exposure,
-            MultipleExposure {
-                excluded_identities: 10,
-                share: 0.01,
-                warning: true
-            }
-        );
-    }
-
-    #[test]
-    fn an_empty_or_odd_payload_does_not_fail() {
-        let h = health(&payload(json!([]), 0), Some(json!({"a": 1, "b": 1})));
-        assert_eq!(h.sample_ratio.reason, Some(Reason::TooFewIdentities));
-        assert_eq!(
-            h.sample_ratio.observed,
-            BTreeMap::from([("a".into(), 0), ("b".into(), 0)])
-        );
-        let h = health(&json!({"unexpected": true}), None);
-        assert_eq!(h.multiple_exposure.share, 0.0);
-    }
-
-    #[test]
     fn survival_function_edges() {
         assert_eq!(chi_squared_sf(0.0, 1), 1.0);
         assert_eq!(chi_squared_sf(f64::INFINITY, 3), 0.0);
@@ -595,7 +352,7 @@ mod tests {
     /// relative error over every p-value of at least 1e-300 must stay below 1e-9.
     #[test]
     fn survival_function_matches_the_reference_table() {
-        let table = include_str!("../tests/fixtures/chi2_sf.csv");
+        let table = include_str!("../../../tests/fixtures/chi2_sf.csv");
         let mut worst = (0.0_f64, 0_u64, 0.0_f64);
         let mut checked = 0;
         let mut dfs = std::collections::BTreeSet::new();
