@@ -52,6 +52,9 @@ START_ATTEMPTS=3
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# A killed server stays a zombie until PID 1 reaps it, which can take seconds in a container
+# (kill -0 still succeeds then): count a zombie as dead.
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]; }
 need_root() { [ "$(id -u)" -eq 0 ] || die "run as root"; }
 
 node_dir() { echo "$DIR/node$1"; }
@@ -74,6 +77,7 @@ install_missing() {
     [ -f /usr/share/java/slf4j-simple.jar ] || pkgs+=(libslf4j-java)
     command -v java >/dev/null || pkgs+=(default-jre-headless)
     command -v curl >/dev/null || pkgs+=(curl)
+    command -v ps >/dev/null || pkgs+=(procps)
     [ ${#pkgs[@]} -eq 0 ] && return 0
     log "installing ${pkgs[*]}"
     apt-get update
@@ -101,7 +105,7 @@ prepare_dirs() {
 
 # ---------------------------------------------------------------------------- ZooKeeper
 
-zk_pid() { [ -s "$ZK_PID" ] && kill -0 "$(cat "$ZK_PID")" 2>/dev/null && cat "$ZK_PID"; }
+zk_pid() { [ -s "$ZK_PID" ] && alive "$(cat "$ZK_PID")" && cat "$ZK_PID"; }
 
 # zk_cmd WORD: a four-letter-word command (only those whitelisted in zoo.cfg); /dev/tcp spares
 # a netcat dependency.
@@ -115,8 +119,12 @@ zk_cmd() {
 # says "not currently serving requests" until the server really serves.
 zk_healthy() { zk_cmd srvr | grep -q '^Zookeeper version'; }
 
-# Ephemeral "is_active" znodes of node N's replicas, one per line (from `dump`).
-zk_active_of() { zk_cmd dump | grep -E "/replicas/node$1/is_active\$" || true; }
+# Ephemeral "is_active" znodes of node N's replicas, one per line (from `dump`); fails if
+# ZooKeeper did not answer (an empty answer must mean "none").
+zk_active_of() {
+    local dump; dump=$(zk_cmd dump) && grep -q '^Sessions with Ephemerals' <<<"$dump" || return 1
+    grep -E "/replicas/node$1/is_active\$" <<<"$dump" || true
+}
 
 zk_start() {
     if zk_healthy; then
@@ -168,14 +176,14 @@ zk_stop() {
     local pid i; pid=$(zk_pid || true)
     [ -n "$pid" ] || { rm -f "$ZK_PID"; return 0; }
     kill "$pid"
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then log "zookeeper ignored SIGTERM; killing"; kill -9 "$pid"; fi
+    for i in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then log "zookeeper ignored SIGTERM; killing"; kill -9 "$pid"; fi
     rm -f "$ZK_PID"; log "zookeeper stopped"
 }
 
 # ---------------------------------------------------------------------------- ClickHouse nodes
 
-node_pid() { local f; f=$(node_pidfile "$1"); [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
+node_pid() { local f; f=$(node_pidfile "$1"); [ -s "$f" ] && alive "$(cat "$f")" && cat "$f"; }
 node_healthy() { [ "$(curl -fsS -m 2 "$(node_url "$1")/ping" 2>/dev/null)" = "Ok." ]; }
 
 # q N QUERY [URL-PARAMS]: the query's result on stdout; on failure ClickHouse's message on
@@ -342,8 +350,8 @@ node_stop() {
     local n=$1 pid i; pid=$(node_pid "$n" || true)
     [ -n "$pid" ] || { rm -f "$(node_pidfile "$n")"; return 0; }
     kill "$pid"
-    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then log "node$n ignored SIGTERM for 30 s; killing"; kill -9 "$pid"; fi
+    for i in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then log "node$n ignored SIGTERM for 30 s; killing"; kill -9 "$pid"; fi
     rm -f "$(node_pidfile "$n")"; log "node$n stopped"
 }
 
@@ -353,13 +361,16 @@ node_stop() {
 # active") and 18.16 tries again only 10 s later; waiting for the expiry here is quicker.
 wait_stale_session() {
     local n=$1 i
+    local active
     for i in $(seq 1 250); do   # 25 s: more than the longest session ZooKeeper grants (20 s)
-        [ -n "$(zk_active_of "$n")" ] || return 0
-        [ "$i" -gt 1 ] || log "node$n: waiting for its old ZooKeeper session to expire"
+        if active=$(zk_active_of "$n"); then
+            [ -n "$active" ] || return 0
+            [ "$i" -gt 1 ] || log "node$n: waiting for its old ZooKeeper session to expire"
+        fi
         sleep 0.1
     done
-    die "node$n: its replicas are still marked active in ZooKeeper after 25 s:
-$(zk_active_of "$n")"
+    die "node$n: its replicas are still marked active in ZooKeeper after 25 s (or it does not answer dump):
+$(zk_active_of "$n" || true)"
 }
 
 # Starts the given nodes in parallel and waits for each; a node whose daemon exits before it
@@ -606,7 +617,7 @@ case "${1:-}" in
         pid=$(node_pid "$2" || true)
         [ -n "$pid" ] || die "node$2 is not running"
         kill -9 "$pid"
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        while alive "$pid"; do sleep 0.05; done
         log "node$2 SIGKILLed (pid $pid)" ;;
     restart)
         need_root; check_node_arg "${2:-}"
