@@ -200,10 +200,13 @@ q() {
     fi
 }
 
+# What node N logged since its last start, without stack frames (the error is usually near
+# the end; the full log is in <node>/log).
 node_log_tail() {
-    local d; d=$(node_dir "$1")
-    log "node$1 log tail ($d/log):"
-    tail -n 30 "$d/log/clickhouse-server.err.log" "$d/log/clickhouse-server.log" >&2 2>/dev/null || true
+    local f; f=$(node_dir "$1")/log/clickhouse-server.log
+    log "node$1: end of $f since its last start:"
+    awk '/Starting ClickHouse/ { n = 0 } !/^[0-9]+\. / { lines[n++] = $0 }
+         END { for (i = (n > 40 ? n - 40 : 0); i < n; i++) print lines[i] }' "$f" >&2 2>/dev/null || true
 }
 
 # One generated config per node (root element <yandex> in 18.16); written on each start so
