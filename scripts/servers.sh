@@ -2,7 +2,7 @@
 # Private ClickHouse + PostgreSQL servers on 127.0.0.1 for the tests and the demo.
 #
 #   scripts/servers.sh start    install if missing (apt), start both; no-op if already healthy
-#   scripts/servers.sh stop     stop both (fine if not running)
+#   scripts/servers.sh stop     stop both (fine if not running), and scripts/cluster.sh's cluster
 #   scripts/servers.sh status   show what is running (exit 1 if either is down)
 #   eval "$(scripts/servers.sh env)"   exports CLICKHOUSE_URL and DATABASE_URL
 #
@@ -229,7 +229,10 @@ status() {
 case "${1:-}" in
     start) [ "$(id -u)" -eq 0 ] || die "run as root"; install_missing; prepare_dirs; tls_files
            ch_start; pg_start "$PG_DIR" "$PG_PORT"; pg_start "$PG_TLS_DIR" "$PG_TLS_PORT" tls ;;
-    stop) ch_stop; ch_instance victim; ch_stop; pg_stop "$PG_DIR"; pg_stop "$PG_TLS_DIR" ;;
+    # The test cluster (scripts/cluster.sh) is started by test.sh next to these servers;
+    # one `stop` ends everything the tests left running.
+    stop) ch_stop; ch_instance victim; ch_stop; pg_stop "$PG_DIR"; pg_stop "$PG_TLS_DIR"
+          "$REPO/scripts/cluster.sh" stop ;;
     victim-start) [ "$(id -u)" -eq 0 ] || die "run as root"; install_missing; prepare_dirs; tls_files
            ch_instance victim; ch_start ;;
     pg-tls-restart) pg_stop "$PG_TLS_DIR"; pg_start "$PG_TLS_DIR" "$PG_TLS_PORT" tls ;;

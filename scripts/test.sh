@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 source scripts/tools.sh
 scripts/servers.sh start
+scripts/cluster.sh start
+eval "$(scripts/cluster.sh env)"
 
 export EXPOSURES_TEST_CLICKHOUSE_URL="http://127.0.0.1:${EXPOSURES_CH_HTTP_PORT:-18123}"
 export EXPOSURES_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:${EXPOSURES_PG_PORT:-15432}"
