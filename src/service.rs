@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError};
@@ -200,6 +200,7 @@ impl App {
             granularity = window.granularity.as_str(),
             as_of = %rfc3339::format(&window.end),
             mode = mode.as_str(),
+            plan = self.warehouse.plan_name(),
             full_reason = mode.full_reason().map(FullReason::as_str),
             rows = result.rows,
             window_rows = result.fingerprint.rows,
@@ -261,12 +262,6 @@ impl App {
         window: &Window,
         base: &Base<'_>,
     ) -> Result<Result<(Payload, Delta), FullReason>, WarehouseError> {
-        // A mutation may change values without changing the row count; leave a
-        // minute for clock differences between this function and the server.
-        let since = base.as_of - TimeDelta::minutes(1);
-        if self.warehouse.mutations_since(since).await? > 0 {
-            return Ok(Err(FullReason::Mutation));
-        }
         let changed = self
             .warehouse
             .delta_rows(target, window, base.as_of)

@@ -24,10 +24,9 @@ pub enum FullReason {
     StartMoved,
     /// The stored `as_of` is not before this refresh's: nothing to add to.
     StoredAhead,
-    /// The stored window no longer holds what it held (late or deleted events).
+    /// The stored window no longer holds what it held: late, deleted, merged
+    /// or mutated events, on any shard (a different content fingerprint).
     ChangedWindow,
-    /// A mutation of the events table is unfinished or newer than the stored snapshot.
-    Mutation,
     /// So much arrived since the stored `as_of` that a full refresh is cheaper.
     LargeChange,
     /// The stored payload could not take the change (it does not match the data).
@@ -48,7 +47,6 @@ impl FullReason {
             Self::StartMoved => "start_moved",
             Self::StoredAhead => "stored_ahead",
             Self::ChangedWindow => "changed_window",
-            Self::Mutation => "mutation",
             Self::LargeChange => "large_change",
             Self::Inconsistent => "inconsistent",
             Self::ConcurrentInsert => "concurrent_insert",

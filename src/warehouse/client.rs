@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use super::error::WarehouseError;
+use super::plan::Plan;
 use super::sql::TimestampKind;
 use crate::config::{Config, ConfigError};
 
@@ -29,12 +30,33 @@ pub const MEMORY_SETTINGS: [(&str, &str); 2] = [
     ("max_memory_usage", "4294967296"),
 ];
 
+/// Settings for a `Distributed` events table, sent with every query whatever
+/// the server's profile says (README "Running on a cluster"); on one server
+/// they change nothing.
+pub const CLUSTER_SETTINGS: [(&str, &str); 5] = [
+    // A shard that cannot be reached fails the query: never a partial answer.
+    ("skip_unavailable_shards", "0"),
+    // The server's own shard is read by a query of its own, like every other
+    // shard's, so the initial query holds only the shards' small answers.
+    ("prefer_localhost_replica", "0"),
+    // The first live replica in the cluster's order: consecutive refreshes read
+    // the same replica, so a lagging one cannot make the window's fingerprint
+    // flip between refreshes.
+    ("load_balancing", "in_order"),
+    // A replica more than 5 minutes behind is skipped for one that is not; when
+    // every replica of a shard is behind, the refresh fails (Code 369, retried)
+    // rather than store a snapshot that misses rows.
+    ("max_replica_delay_for_distributed_queries", "300"),
+    ("fallback_to_stale_replicas_for_distributed_queries", "0"),
+];
+
 /// The ClickHouse side: a client built once per container, and the query.
 pub struct Warehouse {
     pub(super) client: clickhouse::Client,
     pub(super) table: String,
     timeout: Duration,
     timestamp_kind: OnceCell<TimestampKind>,
+    pub(super) plan: OnceCell<Plan>,
 }
 
 impl Warehouse {
@@ -58,6 +80,11 @@ impl Warehouse {
             // The refresh query is the product's whole cost: keep each one in system.query_log
             // (time, memory, rows read), also on servers that do not log by default (18.x).
             .with_setting("log_queries", "1");
+        let client = CLUSTER_SETTINGS
+            .iter()
+            .fold(client, |client, (name, value)| {
+                client.with_setting(*name, *value)
+            });
         let client = MEMORY_SETTINGS
             .iter()
             .fold(client, |client, (name, value)| {
@@ -68,6 +95,7 @@ impl Warehouse {
             table: config.events_table.clone(),
             timeout,
             timestamp_kind: OnceCell::new(),
+            plan: OnceCell::new(),
         })
     }
     /// Looked up once per container: the column type does not change under a running function.

@@ -50,6 +50,8 @@ pub enum WarehouseError {
 /// 62, access 192/193/497/516, limits such as 158/241, ...) is permanent.
 pub const TRANSIENT_SERVER_CODES: &[(u32, &str)] = &[
     (3, "UNEXPECTED_END_OF_FILE"),
+    // A replica behind a `Distributed` table died mid-query ("Attempt to read after eof").
+    (32, "ATTEMPT_TO_READ_AFTER_EOF"),
     (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
     (203, "NO_FREE_CONNECTION"),
     (209, "SOCKET_TIMEOUT"),
@@ -57,6 +59,8 @@ pub const TRANSIENT_SERVER_CODES: &[(u32, &str)] = &[
     (236, "ABORTED"),
     (279, "ALL_CONNECTION_TRIES_FAILED"),
     (285, "TOO_FEW_LIVE_REPLICAS"),
+    // Every replica of a shard lags more than max_replica_delay_for_distributed_queries.
+    (369, "ALL_REPLICAS_ARE_STALE"),
     (394, "QUERY_WAS_CANCELLED"),
     (425, "SYSTEM_ERROR"),
     (999, "KEEPER_EXCEPTION"),

@@ -4,13 +4,17 @@
 use serde::Deserialize;
 
 use super::error::WarehouseError;
-use super::sql::{bucket_start, render, Target, TimestampKind};
+use clickhouse::sql::Identifier;
+
+use super::plan::{counted, Plan};
+use super::sql::{bind_filter, bucket_start, render, Target, TimestampKind};
 use super::Warehouse;
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::summary::Count;
 use crate::domain::window::Window;
 
-/// `{filter}` is the same for both reads of the events table.
+/// The answer: per-(quarantined, bucket, code) counts from `{counts}`, their
+/// variant codes named by a small `GROUP BY value` over the same rows.
 const EXPOSURES_SQL: &str = "\
 SELECT
     quarantined,
@@ -22,7 +26,23 @@ SELECT
     window_checksum
 FROM
 (
+{counts}
+) AS counts
+ANY LEFT JOIN
+(
+    SELECT code, min(value) AS name, max(value) AS other_name, toUInt8(1) AS named
+    FROM (SELECT value, cityHash64(value) AS code FROM ? WHERE {filter} GROUP BY value)
+    GROUP BY code
+) AS names USING code
+ORDER BY bucket, variant";
+
+/// Per identity (first timestamp, lowest and highest variant code, its rows
+/// and their hashes), then per (quarantined, bucket, code), over `{counted}`:
+/// the events table, or one shard's local table. `identifier` is the column
+/// the sharded plan joins on (module `plan`).
+const PER_BUCKET_SQL: &str = "\
     SELECT
+        '' AS identifier,
         toUInt8(min_code != max_code) AS quarantined,
         toUInt32(if(min_code = max_code, intDiv(toUInt32(toDateTime(first_seen)), ?) * ?, 0)) AS bucket,
         if(min_code = max_code, min_code, toUInt64(0)) AS code,
@@ -36,20 +56,23 @@ FROM
             min(cityHash64(value)) AS min_code,
             max(cityHash64(value)) AS max_code,
             count() AS rows,
-            sum({epoch}) AS checksum
-        FROM ?
+            sum({row_hash}) AS checksum
+        FROM {counted}
         WHERE {filter}
         GROUP BY sipHash128(identifier)
     )
-    GROUP BY quarantined, bucket, code
-) AS counts
-ANY LEFT JOIN
-(
-    SELECT code, min(value) AS name, max(value) AS other_name, toUInt8(1) AS named
-    FROM (SELECT value, cityHash64(value) AS code FROM ? WHERE {filter} GROUP BY value)
-    GROUP BY code
-) AS names USING code
-ORDER BY bucket, variant";
+    GROUP BY quarantined, bucket, code";
+
+/// The sharded plan's counts: each shard runs `{per_shard}` on its local
+/// table and sends its few rows; this server adds them up. The `Distributed`
+/// table on the left is what sends the query to every shard; `PREWHERE 0`
+/// reads none of its rows, and the `RIGHT JOIN` keeps every shard's rows
+/// (README "Running on a cluster").
+pub(super) const SHARDED_SQL: &str = "\
+    SELECT {sums}
+    FROM ? ALL RIGHT JOIN ({per_shard}) AS shard USING identifier
+    PREWHERE 0
+    GROUP BY {keys}";
 
 /// One result row of the exposures query, as the server sends it.
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -128,21 +151,44 @@ pub struct Computed {
 }
 
 impl Warehouse {
-    /// The exact query a refresh sends, with every value bound (for tests and benchmarks).
+    /// The query a refresh sends under the exact plan, every value bound (for tests and benchmarks).
     pub fn exposures_query(
         &self,
         kind: TimestampKind,
         target: Target<'_>,
         window: &Window,
     ) -> clickhouse::query::Query {
+        self.exposures_query_for(&Plan::Exact, kind, target, window)
+    }
+
+    /// The query a refresh sends under `plan`, every value bound (for tests and benchmarks).
+    pub fn exposures_query_for(
+        &self,
+        plan: &Plan,
+        kind: TimestampKind,
+        target: Target<'_>,
+        window: &Window,
+    ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        // Binds follow the text: the bucket width twice, then each read of the table.
+        let per_bucket = PER_BUCKET_SQL.replace("{counted}", counted(plan));
+        let counts = match plan {
+            Plan::Exact => per_bucket,
+            Plan::Sharded { .. } => SHARDED_SQL
+                .replace("{per_shard}", &per_bucket)
+                .replace("{sums}", "quarantined, bucket, code, toUInt64(sum(identities)) AS identities, toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum")
+                .replace("{keys}", "quarantined, bucket, code"),
+        };
         let query = self
             .client
-            .query(&render(EXPOSURES_SQL, kind))
-            .bind(width)
-            .bind(width);
-        let query = self.bind_read(query, kind, target, window.start, window.end);
+            .query(&render(&EXPOSURES_SQL.replace("{counts}", &counts), kind));
+        // Binds follow the text: (the Distributed table,) the bucket width twice,
+        // the counted table and its filter, then the read that names the variants.
+        let query = match plan {
+            Plan::Exact => query,
+            Plan::Sharded { .. } => query.bind(Identifier(&self.table)),
+        };
+        let query = self.bind_counted(query.bind(width).bind(width), plan);
+        let query = bind_filter(query, kind, target, window.start, window.end);
         self.bind_read(query, kind, target, window.start, window.end)
     }
 
@@ -159,7 +205,8 @@ impl Warehouse {
             });
         }
         let kind = self.timestamp_kind().await?;
-        let query = self.exposures_query(kind, target, window);
+        let plan = self.plan().await?;
+        let query = self.exposures_query_for(plan, kind, target, window);
         let rows = self.with_timeout(query.fetch_all::<BucketRow>()).await?;
         let fingerprint = fingerprint(&rows);
         Ok(Computed {

@@ -6,67 +6,66 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::error::WarehouseError;
-use super::sql::{bind_time, bucket_start, render, Target, TimestampKind};
+use clickhouse::sql::Identifier;
+
+use super::exposures::SHARDED_SQL;
+use super::plan::{counted, Plan};
+use super::sql::{bind_filter, bind_time, bucket_start, render, Target, TimestampKind};
 use super::Warehouse;
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::transition::{IdentityState, Transition};
 use crate::domain::window::Window;
 
-/// The incremental query (README "Incremental refresh"): one read of the window
-/// `[start, end)` computes the fingerprint of its earlier part `[start, base)` and
-/// of all of it, and collects the rows of the identities seen in `[base, end)`
-/// (the `GLOBAL IN` set: on a `Distributed` table it is built once over every
-/// shard and sent to each, since an identity's rows may live on different
-/// shards). Only those few rows are grouped, by the identifier itself; their
-/// state before and after `base` (absent, quarantined, or first bucket and
-/// variant) is counted per transition. Strings are compared directly, so no
-/// variant needs naming. Always at least one row: a row with `new_state = 0`
-/// only carries the fingerprints. The `IN` set is a read of its own: rows of
-/// `[base, end)` the main read sees but the set missed (inserted between the two)
-/// show as `changed_hits < changed_rows`, and the answer is not used.
+/// The incremental query (README "Incremental refresh"): one read of the
+/// window `[start, end)` in `{counted}` groups every row by `key`, the
+/// identifier when the identity was seen in `[base, end)` (the `{in}` set),
+/// else `''`. So each changed identity keeps one small state (its first
+/// timestamp and lowest and highest variant before `base` and at `end`), and
+/// all other rows fold into the one `''` group, which only adds to the
+/// fingerprints of `[start, base)` and of the whole window. The states become
+/// transitions (absent, quarantined, or first bucket and variant, before and
+/// after), counted per transition; every row carries its share of the
+/// fingerprints, which the decoder adds up. The `IN` set is a read of its own:
+/// rows of `[base, end)` the main read sees but the set missed (inserted between
+/// the two) show as `changed_hits < changed_rows`, and the answer is not used.
+///
+/// On one server or under the exact plan `{in}` is `GLOBAL IN`: built once over
+/// every shard and sent to each, since an identity's rows may live on several.
+/// Under the sharded plan every shard runs this on its local table with a plain
+/// `IN` over the same local table (an identity lives on one shard), and this
+/// server adds the shards' transitions up (`SHARDED_SQL`).
 const INCREMENTAL_SQL: &str = "\
 SELECT
-    old_state, old_bucket, old_variant, new_state, new_bucket, new_variant,
+    {join_key}old_state, old_bucket, old_variant, new_state, new_bucket, new_variant,
     toUInt64(count()) AS identities,
-    any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
-    any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
-    any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
+    toUInt64(sum(before_rows)) AS before_rows, toUInt64(sum(before_checksum)) AS before_checksum,
+    toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum,
+    toUInt64(sum(changed_rows)) AS changed_rows, toUInt64(sum(changed_hits)) AS changed_hits
 FROM
 (
     SELECT
-        multiIf(identifier = '' OR countIf(before) = 0, toUInt8(0),
-                minIf(value, before) != maxIf(value, before), toUInt8(1), toUInt8(2)) AS old_state,
-        toUInt32(if(old_state = 2, intDiv(toUInt32(toDateTime(minIf(timestamp, before))), ?) * ?, 0)) AS old_bucket,
-        if(old_state = 2, minIf(value, before), '') AS old_variant,
-        multiIf(identifier = '', toUInt8(0), min(value) != max(value), toUInt8(1), toUInt8(2)) AS new_state,
+        multiIf(key = '' OR countIf(early) = 0, toUInt8(0),
+                minIf(v, early) != maxIf(v, early), toUInt8(1), toUInt8(2)) AS old_state,
+        toUInt32(if(old_state = 2, intDiv(toUInt32(toDateTime(minIf(timestamp, early))), ?) * ?, 0)) AS old_bucket,
+        if(old_state = 2, minIf(v, early), '') AS old_variant,
+        multiIf(key = '', toUInt8(0), min(v) != max(v), toUInt8(1), toUInt8(2)) AS new_state,
         toUInt32(if(new_state = 2, intDiv(toUInt32(toDateTime(min(timestamp))), ?) * ?, 0)) AS new_bucket,
-        if(new_state = 2, min(value), '') AS new_variant,
-        any(before_rows) AS before_rows, any(before_checksum) AS before_checksum,
-        any(window_rows) AS window_rows, any(window_checksum) AS window_checksum,
-        any(changed_rows) AS changed_rows, any(changed_hits) AS changed_hits
+        if(new_state = 2, min(v), '') AS new_variant,
+        countIf(early) AS before_rows, sumIf(row_hash, early) AS before_checksum,
+        count() AS window_rows, sum(row_hash) AS window_checksum,
+        countIf(NOT early) AS changed_rows, countIf(NOT early AND key != '') AS changed_hits
     FROM
     (
         SELECT
-            tupleElement(hit, 1) AS identifier, tupleElement(hit, 2) AS value,
-            tupleElement(hit, 3) AS timestamp, tupleElement(hit, 4) AS before,
-            before_rows, before_checksum, window_rows, window_checksum, changed_rows, changed_hits
-        FROM
-        (
-            SELECT
-                toUInt64(countIf((timestamp < {bound}) AS early)) AS before_rows,
-                toUInt64(sumIf({epoch}, early)) AS before_checksum,
-                toUInt64(count()) AS window_rows,
-                toUInt64(sum({epoch})) AS window_checksum,
-                groupArrayIf((identifier, value, timestamp, early), (identifier GLOBAL IN
-                    (SELECT identifier FROM ? WHERE {delta})) AS changed) AS hits,
-                toUInt64(countIf(NOT early)) AS changed_rows,
-                toUInt64(countIf(changed AND NOT early)) AS changed_hits
-            FROM ?
-            WHERE {filter}
-        )
-        LEFT ARRAY JOIN hits AS hit
+            if(identifier {in} (SELECT identifier FROM {counted} WHERE {delta}), identifier, '') AS key,
+            if(key = '', '', value) AS v,
+            timestamp,
+            timestamp < {bound} AS early,
+            {row_hash} AS row_hash
+        FROM {counted}
+        WHERE {filter}
     )
-    GROUP BY identifier
+    GROUP BY key
 )
 GROUP BY old_state, old_bucket, old_variant, new_state, new_bucket, new_variant";
 
@@ -79,7 +78,7 @@ pub struct TransitionRow {
     pub old_bucket: u32,
     /// Variant of the state before `base`.
     pub old_variant: String,
-    /// 0 on the row that only carries fingerprints, 1 quarantined, 2 counted.
+    /// 0 for the identities not seen since `base` (fingerprints only), 1 quarantined, 2 counted.
     pub new_state: u8,
     /// Bucket start (Unix seconds) of the state at `end`.
     pub new_bucket: u32,
@@ -89,11 +88,11 @@ pub struct TransitionRow {
     pub identities: u64,
     /// Rows of `[start, base)`.
     pub before_rows: u64,
-    /// Checksum of `[start, base)`.
+    /// Wrapping sum of those rows' content hashes.
     pub before_checksum: u64,
     /// Rows of `[start, end)`.
     pub window_rows: u64,
-    /// Checksum of `[start, end)`.
+    /// Wrapping sum of those rows' content hashes.
     pub window_checksum: u64,
     /// Rows of `[base, end)` in the main read.
     pub changed_rows: u64,
@@ -123,18 +122,14 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
         transitions: Vec::new(),
         complete: true,
     };
+    let (mut changed_rows, mut changed_hits) = (0_u64, 0_u64);
     for row in rows {
-        out.complete = row.changed_hits == row.changed_rows;
-        // Every row repeats the same fingerprints (one read).
-        out.before = Fingerprint {
-            rows: row.before_rows,
-            checksum: row.before_checksum,
-        };
-        out.window = Fingerprint {
-            rows: row.window_rows,
-            checksum: row.window_checksum,
-        };
-        // New state 0 is the row that only carries the fingerprints.
+        // Each row carries the fingerprint terms of its identities' rows.
+        out.before = out.before.add(row.before_rows, row.before_checksum);
+        out.window = out.window.add(row.window_rows, row.window_checksum);
+        changed_rows = changed_rows.wrapping_add(row.changed_rows);
+        changed_hits = changed_hits.wrapping_add(row.changed_hits);
+        // New state 0: the rows of identities not seen since `base`.
         let Some(new) = identity_state(row.new_state, row.new_bucket, row.new_variant) else {
             continue;
         };
@@ -146,6 +141,7 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
             identities: row.identities,
         });
     }
+    out.complete = changed_hits == changed_rows;
     out
 }
 
@@ -163,8 +159,8 @@ fn identity_state(state: u8, bucket: u32, variant: String) -> Option<IdentitySta
 }
 
 impl Warehouse {
-    /// The incremental query from the snapshot stored at `base` to `window.end`,
-    /// buckets at the window's granularity (for tests and benchmarks).
+    /// The incremental query from the snapshot stored at `base` to `window.end`
+    /// under the exact plan, buckets at the window's granularity (for tests and benchmarks).
     pub fn incremental_query(
         &self,
         kind: TimestampKind,
@@ -172,17 +168,67 @@ impl Warehouse {
         window: &Window,
         base: DateTime<Utc>,
     ) -> clickhouse::query::Query {
+        self.incremental_query_for(&Plan::Exact, kind, target, window, base)
+    }
+
+    /// The incremental query under `plan` (for tests and benchmarks).
+    pub fn incremental_query_for(
+        &self,
+        plan: &Plan,
+        kind: TimestampKind,
+        target: Target<'_>,
+        window: &Window,
+        base: DateTime<Utc>,
+    ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        let query = self
-            .client
-            .query(&render(INCREMENTAL_SQL, kind))
-            .bind(width)
-            .bind(width)
-            .bind(width)
-            .bind(width);
+        let per_shard = INCREMENTAL_SQL.replace("{counted}", counted(plan));
+        let text = match plan {
+            Plan::Exact => per_shard
+                .replace("{in}", "GLOBAL IN")
+                .replace("{join_key}", ""),
+            Plan::Sharded { .. } => SHARDED_SQL
+                .replace(
+                    "{per_shard}",
+                    &per_shard
+                        .replace("{in}", "IN")
+                        .replace("{join_key}", "'' AS identifier, "),
+                )
+                .replace(
+                    "{sums}",
+                    "old_state, old_bucket, old_variant, new_state, new_bucket, new_variant, \
+                     toUInt64(sum(identities)) AS identities, \
+                     toUInt64(sum(before_rows)) AS before_rows, toUInt64(sum(before_checksum)) AS before_checksum, \
+                     toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum, \
+                     toUInt64(sum(changed_rows)) AS changed_rows, toUInt64(sum(changed_hits)) AS changed_hits",
+                )
+                .replace(
+                    "{keys}",
+                    "old_state, old_bucket, old_variant, new_state, new_bucket, new_variant",
+                ),
+        };
+        let query = self.client.query(&render(&text, kind));
+        // Binds follow the text: (the Distributed table,) the bucket width four
+        // times, the `IN` set's read of `[base, end)`, `base`, the main read.
+        let query = match plan {
+            Plan::Exact => query,
+            Plan::Sharded { .. } => query.bind(Identifier(&self.table)),
+        };
+        let query = query.bind(width).bind(width).bind(width).bind(width);
+        let query = bind_filter(
+            self.bind_counted(query, plan),
+            kind,
+            target,
+            base,
+            window.end,
+        );
         let query = bind_time(query, kind, base);
-        let query = self.bind_read(query, kind, target, base, window.end);
-        self.bind_read(query, kind, target, window.start, window.end)
+        bind_filter(
+            self.bind_counted(query, plan),
+            kind,
+            target,
+            window.start,
+            window.end,
+        )
     }
 
     /// Runs the incremental query from the snapshot stored at `base`.
@@ -193,7 +239,8 @@ impl Warehouse {
         base: DateTime<Utc>,
     ) -> Result<Delta, WarehouseError> {
         let kind = self.timestamp_kind().await?;
-        let query = self.incremental_query(kind, target, window, base);
+        let plan = self.plan().await?;
+        let query = self.incremental_query_for(plan, kind, target, window, base);
         let rows = self
             .with_timeout(query.fetch_all::<TransitionRow>())
             .await?;
@@ -227,18 +274,19 @@ mod tests {
     #[test]
     fn incremental_answers_become_transitions_and_fingerprints() {
         let d = delta(vec![transition(0, 2, 3, 2), transition(2, 1, 1, 2)]);
+        // Every row carries its identities' share: the fingerprints add up (wrapping).
         assert_eq!(
             d.before,
             Fingerprint {
-                rows: 10,
-                checksum: 11
+                rows: 20,
+                checksum: 22
             }
         );
         assert_eq!(
             d.window,
             Fingerprint {
-                rows: 12,
-                checksum: 13
+                rows: 24,
+                checksum: 26
             }
         );
         assert!(d.complete);
@@ -252,11 +300,18 @@ mod tests {
             }
         );
         assert_eq!(d.transitions[1].new, IdentityState::Quarantined);
-        // The row with new_state 0 only carries fingerprints.
-        let only = delta(vec![transition(0, 0, 1, 2)]);
-        assert!(only.transitions.is_empty());
-        assert_eq!(only.window.rows, 12);
+        // The row with new_state 0 (identities not seen since `base`) only carries fingerprints.
+        let mut unchanged = transition(0, 0, 1, 0);
+        unchanged.window_checksum = u64::MAX;
+        let only = delta(vec![unchanged, transition(0, 2, 1, 2)]);
+        assert_eq!(only.transitions.len(), 1);
+        assert_eq!(only.window.rows, 24);
+        assert_eq!(only.window.checksum, 12, "u64::MAX + 13 wraps");
         // Rows since `base` whose identity the IN set missed: not complete.
         assert!(!delta(vec![transition(0, 2, 3, 1)]).complete);
+        assert!(
+            !only.complete,
+            "the unchanged row's 2 rows since base are not hits"
+        );
     }
 }

@@ -27,11 +27,12 @@ mod delta_rows;
 mod error;
 mod exposures;
 mod incremental;
-mod mutations;
+mod plan;
 mod sql;
 
-pub use client::{Warehouse, MEMORY_SETTINGS};
+pub use client::{Warehouse, CLUSTER_SETTINGS, MEMORY_SETTINGS};
 pub use error::{WarehouseError, TRANSIENT_SERVER_CODES};
 pub use exposures::{counts, fingerprint, BucketRow, Computed};
 pub use incremental::{delta, Delta, TransitionRow};
+pub use plan::Plan;
 pub use sql::{Target, TimestampKind, EXPOSURE_EVENT};

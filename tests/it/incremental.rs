@@ -134,7 +134,7 @@ async fn every_kind_of_change_ends_exactly_where_a_full_refresh_does() {
     .await;
     step(&env, id, "2026-06-04T03:00:00Z", Mode::Incremental).await;
 
-    // A deletion: the mutation is newer than the stored snapshot.
+    // A deletion: the window's content fingerprint changed.
     env.clickhouse
         .query("ALTER TABLE events DELETE WHERE identifier = 'u4'")
         .execute()
@@ -145,7 +145,7 @@ async fn every_kind_of_change_ends_exactly_where_a_full_refresh_does() {
         &env,
         id,
         "2026-06-04T04:00:00Z",
-        Mode::Full(FullReason::Mutation),
+        Mode::Full(FullReason::ChangedWindow),
     )
     .await;
     // u4 left; u5 (10:00 exactly at the earlier as_of) is in.
