@@ -14,7 +14,7 @@ use exposures::service::Mode;
 use exposures::summary::Payload;
 use exposures::warehouse::{self, BucketRow, Target, TimestampKind, TransitionRow, Warehouse};
 use exposures::window::Window;
-use exposures::Config;
+use exposures::{App, Config};
 use serde_json::json;
 
 use crate::chdb::{run_chdb, REFERENCE_DDL};
@@ -60,7 +60,7 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     let seed = setting(
         "EXPOSURES_PROPERTY_SEED",
         Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64,
@@ -74,7 +74,7 @@ const VARIANTS: [&str; 3] = ["control", "variant_a", "$multiple"];
 const STEPS_MINUTES: [i64; 8] = [1, 7, 15, 59, 130, 600, 1500, 2900];
 
 /// One random step: what happened since the last refresh, then the refresh time.
-struct World {
+pub struct World {
     rng: Rng,
     start: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -84,9 +84,9 @@ struct World {
 }
 
 /// What one step did to the data.
-struct Change {
-    inserted: Vec<Ev>,
-    deleted: Option<String>,
+pub struct Change {
+    pub inserted: Vec<Ev>,
+    pub deleted: Option<String>,
 }
 
 impl World {
@@ -169,52 +169,79 @@ impl World {
     }
 }
 
+/// Modes of the refreshes of a run, by name (`incremental`, `full:<reason>`).
+pub type Modes = std::collections::BTreeMap<String, u64>;
+
+/// One case: `steps` random steps, each applied to the data by `apply`, then a
+/// refresh of a new experiment in `env` with `app` that must store exactly what
+/// a full computation over the same window and data gives.
+pub async fn run_case(
+    case_seed: u64,
+    steps: u64,
+    env: &TestEnv,
+    app: &App,
+    modes: &mut Modes,
+    apply: impl AsyncFn(&Change),
+) -> World {
+    let mut world = World::new(case_seed, false);
+    let id = env
+        .experiment(Some(&exposures::rfc3339::format(&world.start)), None)
+        .await;
+    for step in 0..steps {
+        // A deletion makes every later refresh of the case full: delete near the end.
+        let change = world.step(step + 3 >= steps);
+        apply(&change).await;
+        env.set_now(world.now);
+        let (payload, as_of, mode) = refresh(app, id).await;
+        let expected = full_payload(app, id, as_of).await;
+        assert_eq!(
+            payload, expected,
+            "EXPOSURES_PROPERTY_SEED={case_seed} (one case) step {step}, {mode:?}"
+        );
+        let name = match mode {
+            Mode::Incremental => "incremental".to_owned(),
+            Mode::Full(reason) => format!("full:{}", reason.as_str()),
+        };
+        *modes.entry(name).or_default() += 1;
+    }
+    world
+}
+
 #[tokio::test]
 async fn incremental_equals_full_after_every_step_on_the_server() {
     let seed = seed();
     let cases = setting("EXPOSURES_PROPERTY_CASES", 6);
     let steps = 16;
-    let mut modes: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut modes = Modes::new();
     let (mut largest, mut longest) = ((0usize, 0usize), TimeDelta::zero());
     for case in 0..cases {
-        let case_seed = seed.wrapping_add(case);
         let env = TestEnv::new().await;
-        let mut world = World::new(case_seed, false);
-        let id = env
-            .experiment(Some(&exposures::rfc3339::format(&world.start)), None)
-            .await;
-        for step in 0..steps {
-            // A mutation makes every later refresh of the case full: delete near the end.
-            let change = world.step(step + 3 >= steps);
-            env.insert(&change.inserted).await;
-            if let Some(who) = &change.deleted {
-                env.clickhouse
-                    .query("ALTER TABLE events DELETE WHERE identifier = ?")
-                    .bind(who)
-                    .execute()
-                    .await
-                    .expect("delete");
-                wait_for_mutations(&env.clickhouse).await;
-            }
-            env.set_now(world.now);
-            let (payload, as_of, mode) = refresh(&env.app, id).await;
-            let expected = full_payload(&env.app, id, as_of).await;
-            assert_eq!(
-                payload, expected,
-                "seed {case_seed} (EXPOSURES_PROPERTY_SEED={seed}, case {case}) step {step}, {mode:?}"
-            );
-            let name = match mode {
-                Mode::Incremental => "incremental".to_owned(),
-                Mode::Full(reason) => format!("full:{}", reason.as_str()),
-            };
-            *modes.entry(name).or_default() += 1;
-        }
+        let world = run_case(
+            seed.wrapping_add(case),
+            steps,
+            &env,
+            &env.app,
+            &mut modes,
+            async |change: &Change| {
+                env.insert(&change.inserted).await;
+                if let Some(who) = &change.deleted {
+                    env.clickhouse
+                        .query("ALTER TABLE events DELETE WHERE identifier = ?")
+                        .bind(who)
+                        .execute()
+                        .await
+                        .expect("delete");
+                    wait_for_mutations(&env.clickhouse).await;
+                }
+            },
+        )
+        .await;
         largest = largest.max((world.events.len(), world.identities.len()));
         longest = longest.max(world.now - world.start);
     }
     eprintln!(
-        "property test (server): {cases} cases x {steps} steps, modes {modes:?}, largest case {} events, \
-         {} identities, longest window {} h",
+        "property test (server): {cases} cases x {steps} steps (EXPOSURES_PROPERTY_SEED={seed}), modes {modes:?}, \
+         largest case {} events, {} identities, longest window {} h",
         largest.0,
         largest.1,
         longest.num_hours()

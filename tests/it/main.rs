@@ -5,6 +5,7 @@
 mod api;
 mod cargo_lambda;
 mod chdb;
+mod cluster;
 mod distributed;
 mod faults;
 mod health;
