@@ -12,7 +12,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use exposures::service::Mode;
 use exposures::summary::Payload;
-use exposures::warehouse::{self, BucketRow, Target, TimestampKind, TransitionRow, Warehouse};
+use exposures::warehouse::{
+    self, BucketRow, Plan, Target, TimestampKind, TransitionRow, Warehouse,
+};
 use exposures::window::Window;
 use exposures::{App, Config};
 use serde_json::json;
@@ -258,6 +260,10 @@ fn incremental_query_equals_full_query_on_the_current_engine() {
     let cases = setting("EXPOSURES_PROPERTY_CASES", 6);
     let steps = 12;
     let warehouse = Warehouse::new(&Config::from_lookup(|_| None).unwrap()).unwrap();
+    let sharded = Plan::Sharded {
+        database: "job".into(),
+        table: "events".into(),
+    };
     let client = clickhouse::Client::default();
     let target = Target {
         environment_key: "prod",
@@ -280,21 +286,25 @@ fn incremental_query_equals_full_query_on_the_current_engine() {
                 setup.push(insert_sql(&client, "events", &world.events, true));
             }
             let name = format!("{case}/{step}");
-            let full = warehouse.exposures_query(TimestampKind::DateTime64, target, &window);
-            jobs.push(
-                json!({"name": format!("{name}/full"), "session_timezone": "Asia/Kolkata",
-                             "setup": setup, "query": full.sql_display().to_string()}),
-            );
-            if let Some(previous) = windows.last() {
-                let previous: &Window = previous;
-                let inc = warehouse.incremental_query(
-                    TimestampKind::DateTime64,
-                    target,
-                    &window,
-                    previous.end,
-                );
-                jobs.push(json!({"name": format!("{name}/incremental"), "session_timezone": "America/New_York",
-                                 "setup": setup, "query": inc.sql_display().to_string()}));
+            // Both plans' SQL: the sharded one with the table as its own only shard
+            // (chDB is one process; the cluster tests run it on real shards).
+            for (plan, suffix) in [(&Plan::Exact, ""), (&sharded, "/sharded")] {
+                let full =
+                    warehouse.exposures_query_for(plan, TimestampKind::DateTime64, target, &window);
+                jobs.push(json!({"name": format!("{name}/full{suffix}"), "session_timezone": "Asia/Kolkata",
+                                 "setup": setup, "query": full.sql_display().to_string()}));
+                if let Some(previous) = windows.last() {
+                    let previous: &Window = previous;
+                    let inc = warehouse.incremental_query_for(
+                        plan,
+                        TimestampKind::DateTime64,
+                        target,
+                        &window,
+                        previous.end,
+                    );
+                    jobs.push(json!({"name": format!("{name}/incremental{suffix}"), "session_timezone": "America/New_York",
+                                     "setup": setup, "query": inc.sql_display().to_string()}));
+                }
             }
             windows.push(window);
         }
@@ -314,11 +324,27 @@ fn incremental_query_equals_full_query_on_the_current_engine() {
                 full(format!("{case}/{}/full", step - 1), &windows[step - 1]);
             let (expected, expected_fingerprint) =
                 full(format!("{case}/{step}/full"), &windows[step]);
-            let name = format!("{case}/{step}/incremental");
-            let rows: Vec<TransitionRow> =
-                serde_json::from_value(results[&name].clone()).expect(&name);
-            let delta = warehouse::delta(rows);
             let context = format!("EXPOSURES_PROPERTY_SEED={seed} case {case} step {step}");
+            assert_eq!(
+                full(format!("{case}/{step}/full/sharded"), &windows[step]),
+                (expected.clone(), expected_fingerprint),
+                "{context}: the sharded plan's full query"
+            );
+            let read = |name: String| {
+                let rows: Vec<TransitionRow> =
+                    serde_json::from_value(results[&name].clone()).expect(&name);
+                warehouse::delta(rows)
+            };
+            let mut delta = read(format!("{case}/{step}/incremental"));
+            let mut sharded = read(format!("{case}/{step}/incremental/sharded"));
+            // Transitions come in no particular order.
+            for d in [&mut delta, &mut sharded] {
+                d.transitions.sort_by_key(|t| format!("{t:?}"));
+            }
+            assert_eq!(
+                sharded, delta,
+                "{context}: the sharded plan's incremental query"
+            );
             assert_eq!(delta.window, expected_fingerprint, "{context}");
             assert!(
                 delta.complete,
