@@ -47,6 +47,8 @@ use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+#[path = "query/cluster.rs"]
+mod cluster;
 #[path = "query/incremental.rs"]
 mod incremental;
 
@@ -487,6 +489,7 @@ struct Args {
     large: bool,
     large_events: u64,
     incremental: bool,
+    cluster: bool,
 }
 
 fn parse_args() -> Res<Option<Args>> {
@@ -497,6 +500,7 @@ fn parse_args() -> Res<Option<Args>> {
         large: false,
         large_events: 100_000_000,
         incremental: false,
+        cluster: false,
     };
     let mut bench = false;
     let mut it = std::env::args().skip(1);
@@ -509,6 +513,7 @@ fn parse_args() -> Res<Option<Args>> {
             "--no-chdb" => args.chdb = false,
             "--large" => args.large = true,
             "--incremental" => args.incremental = true,
+            "--cluster" => args.cluster = true,
             "--large-events" => args.large_events = it.next().ok_or("--large-events N")?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -545,7 +550,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async {
-        let result = if args.incremental {
+        let result = if args.cluster {
+            cluster::run(&args).await
+        } else if args.incremental {
             incremental::run(&args).await
         } else if args.large {
             large(&args).await

@@ -14,6 +14,10 @@
 #                                     invoke overhead, peak RSS, per release-profile variant (builds
 #                                     each variant; cargo lambda watch/invoke; about 30 minutes)
 #   scripts/bench.sh --health         cost of the health computed on every answer (pure; no servers used)
+#   scripts/bench.sh --cluster        the full refresh on the 2 x 2 cluster (scripts/cluster.sh), sharded plan
+#                                     against the exact plan at 4 M and 20 M events, initial and secondary
+#                                     query memory per node, then a steady-state incremental refresh; exit 1
+#                                     if a required target fails (README "Running on a cluster")
 #   --runs N (>= 5, default 5), --no-chdb
 #
 # Starts the private servers (scripts/servers.sh) and installs chDB / cargo-lambda when missing
@@ -33,6 +37,11 @@ bench=query
 args=()
 for arg in "$@"; do
     case $arg in
+    --cluster)
+        scripts/cluster.sh start
+        eval "$(scripts/cluster.sh env)"
+        args+=("$arg")
+        ;;
     --handler) bench=handler ;;
     --health) bench=health ;;
     *) args+=("$arg") ;;

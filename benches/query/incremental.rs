@@ -19,13 +19,13 @@ use exposures::service::Mode;
 use exposures::App;
 
 /// `A`: 16 days after the dataset's start, in partitions of their own.
-const FIRST_REFRESH: i64 = START + 16 * 86_400;
-const QUARTER: i64 = 900;
+pub(super) const FIRST_REFRESH: i64 = START + 16 * 86_400;
+pub(super) const QUARTER: i64 = 900;
 const DAY: i64 = 86_400;
 const DATABASE: &str = "exposures_bench_incremental";
 
 /// New events after the dataset: `rows` rows from `identities` identities in `[from, from + seconds)`.
-fn change_sql(
+pub(super) fn change_sql(
     table: &str,
     timestamp: &str,
     offset: u64,
