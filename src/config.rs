@@ -7,6 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::TimeDelta;
+
+use crate::domain::health::Limits;
+
 /// A value that must never be printed (passwords, connection strings).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -66,6 +70,11 @@ pub const VARIABLES: &[&str] = &[
     "EXPOSURES_QUERY_TIMEOUT_SECONDS",
     "EXPOSURES_SWEEP_CONCURRENCY",
     "EXPOSURES_API_ALLOWED_ENVIRONMENTS",
+    "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+    "EXPOSURES_STALLED_AFTER_HOURS",
+    "EXPOSURES_STALE_AFTER_SECONDS",
+    "EXPOSURES_METRICS_NAMESPACE",
+    "EXPOSURES_METRICS_PER_EXPERIMENT",
 ];
 
 /// Everything the function needs to know about its surroundings.
@@ -99,6 +108,12 @@ pub struct Config {
     pub clickhouse_ca_file: Option<String>,
     /// Attempts a ClickHouse query gets when it fails transiently (1 = no retry).
     pub clickhouse_attempts: u32,
+    /// When a condition becomes a finding (SPEC 5.6).
+    pub limits: Limits,
+    /// CloudWatch namespace of the metrics (SPEC 7b).
+    pub metrics_namespace: String,
+    /// Whether refresh metrics also carry the `ExperimentId` dimension.
+    pub metrics_per_experiment: bool,
 }
 
 impl Config {
@@ -170,6 +185,38 @@ impl Config {
                 &get("EXPOSURES_CLICKHOUSE_ATTEMPTS", "3"),
                 1..=10,
             )? as u32,
+            limits: Limits {
+                no_exposures_after: TimeDelta::hours(number(
+                    "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+                    &get("EXPOSURES_NO_EXPOSURES_AFTER_HOURS", "24"),
+                    1..=24 * 366,
+                )? as i64),
+                stalled_after: TimeDelta::hours(number(
+                    "EXPOSURES_STALLED_AFTER_HOURS",
+                    &get("EXPOSURES_STALLED_AFTER_HOURS", "24"),
+                    1..=24 * 366,
+                )? as i64),
+                stale_after: TimeDelta::seconds(number(
+                    "EXPOSURES_STALE_AFTER_SECONDS",
+                    &get("EXPOSURES_STALE_AFTER_SECONDS", "3600"),
+                    1..=366 * 86_400,
+                )? as i64),
+            },
+            metrics_namespace: namespace(get("EXPOSURES_METRICS_NAMESPACE", "Exposures"))?,
+            metrics_per_experiment: match get("EXPOSURES_METRICS_PER_EXPERIMENT", "true")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        "EXPOSURES_METRICS_PER_EXPERIMENT",
+                        "must be true or false",
+                    ))
+                }
+            },
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {
@@ -190,6 +237,18 @@ fn identifier(variable: &'static str, value: String) -> Result<String, ConfigErr
         return Err(ConfigError::new(
             variable,
             "must be a table or database name (letters, digits, `_`, optionally `schema.name`)",
+        ));
+    }
+    Ok(value)
+}
+
+/// A CloudWatch namespace: 1 to 255 characters, none of them a control character.
+fn namespace(value: String) -> Result<String, ConfigError> {
+    let value = value.trim().to_owned();
+    if value.len() > 255 || value.chars().any(char::is_control) || value.starts_with(':') {
+        return Err(ConfigError::new(
+            "EXPOSURES_METRICS_NAMESPACE",
+            "must be a CloudWatch namespace (1 to 255 printable characters)",
         ));
     }
     Ok(value)
