@@ -242,13 +242,21 @@ fn identifier(variable: &'static str, value: String) -> Result<String, ConfigErr
     Ok(value)
 }
 
-/// A CloudWatch namespace: 1 to 255 characters, none of them a control character.
+/// A CloudWatch namespace: 1 to 255 of the characters CloudWatch allows
+/// (ASCII letters and digits, `.`, `-`, `_`, `/`, `#`, `:` and space), not
+/// beginning with `:` or the reserved `AWS/`.
 fn namespace(value: String) -> Result<String, ConfigError> {
     let value = value.trim().to_owned();
-    if value.len() > 255 || value.chars().any(char::is_control) || value.starts_with(':') {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    if value.is_empty()
+        || value.len() > 255
+        || !value.chars().all(allowed)
+        || value.starts_with(':')
+        || value.starts_with("AWS/")
+    {
         return Err(ConfigError::new(
             "EXPOSURES_METRICS_NAMESPACE",
-            "must be a CloudWatch namespace (1 to 255 printable characters)",
+            "must be a CloudWatch namespace: 1 to 255 ASCII letters, digits, spaces or . - _ / # :, not starting with : or AWS/",
         ));
     }
     Ok(value)
@@ -360,6 +368,88 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("hunter3"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn findings_limits_and_metrics_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                no_exposures_after: TimeDelta::hours(24),
+                stalled_after: TimeDelta::hours(24),
+                stale_after: TimeDelta::seconds(3600),
+            }
+        );
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.metrics_namespace, "Exposures");
+        assert!(c.metrics_per_experiment);
+
+        let c = config(&[
+            ("EXPOSURES_NO_EXPOSURES_AFTER_HOURS", "48"),
+            ("EXPOSURES_STALLED_AFTER_HOURS", " 6 "),
+            ("EXPOSURES_STALE_AFTER_SECONDS", "1"),
+            ("EXPOSURES_METRICS_NAMESPACE", "Team/Exposures prod"),
+            ("EXPOSURES_METRICS_PER_EXPERIMENT", "False"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.no_exposures_after, TimeDelta::hours(48));
+        assert_eq!(c.limits.stalled_after, TimeDelta::hours(6));
+        assert_eq!(c.limits.stale_after, TimeDelta::seconds(1));
+        assert_eq!(c.metrics_namespace, "Team/Exposures prod");
+        assert!(!c.metrics_per_experiment);
+        assert!(
+            config(&[("EXPOSURES_METRICS_PER_EXPERIMENT", "TRUE")])
+                .unwrap()
+                .metrics_per_experiment
+        );
+        // Blank means the default, as for every variable.
+        assert_eq!(
+            config(&[("EXPOSURES_METRICS_NAMESPACE", "  ")])
+                .unwrap()
+                .metrics_namespace,
+            "Exposures"
+        );
+
+        // The thresholds are positive whole numbers.
+        for variable in [
+            "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+            "EXPOSURES_STALLED_AFTER_HOURS",
+            "EXPOSURES_STALE_AFTER_SECONDS",
+        ] {
+            for value in ["0", "-1", "1.5", "24h", "99999999999"] {
+                let e = config(&[(variable, value)]).unwrap_err();
+                assert_eq!(e.variable, variable, "{value}");
+                assert!(
+                    e.reason.starts_with("must be a whole number from 1 to"),
+                    "{e}"
+                );
+            }
+        }
+        for value in ["yes", "1", "on", "no"] {
+            let e = config(&[("EXPOSURES_METRICS_PER_EXPERIMENT", value)]).unwrap_err();
+            assert_eq!(e.variable, "EXPOSURES_METRICS_PER_EXPERIMENT", "{value}");
+            assert!(e.to_string().contains("true or false"), "{e}");
+        }
+        let long = "N".repeat(256);
+        for value in [
+            "AWS/Lambda",
+            ":Exposures",
+            "Expo\u{e9}sures",
+            "a\tb",
+            "a*b",
+            long.as_str(),
+        ] {
+            let e = config(&[("EXPOSURES_METRICS_NAMESPACE", value)]).unwrap_err();
+            assert_eq!(e.variable, "EXPOSURES_METRICS_NAMESPACE", "{value}");
+        }
+        assert_eq!(
+            config(&[("EXPOSURES_METRICS_NAMESPACE", &"N".repeat(255))])
+                .unwrap()
+                .metrics_namespace
+                .len(),
+            255
         );
     }
 }
