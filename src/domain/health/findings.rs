@@ -165,7 +165,7 @@ pub(super) fn findings(
             Code::Srm,
             seq.onset_bucket,
             format!(
-                "The split over the arms is unlikely under the weights: sequential p-value {:e} (below 0.001).",
+                "The split over the arms is unlikely under the weights: sequential p-value {:.3e} (below 0.001).",
                 seq.p_value
             ),
         );
