@@ -74,7 +74,7 @@ impl Metrics {
         self
     }
 
-    /// Reports one refresh.
+    /// Reports one refresh, stamped `at`: when it began (its window's end).
     pub fn refresh(&self, at: DateTime<Utc>, refresh: &Refresh) {
         (self.sink)(&refresh_record(&self.namespace, self.per_experiment, at, refresh).to_string());
     }

@@ -146,13 +146,16 @@ impl App {
             return Ok((Outcome::Final, self.view(experiment, stored.as_ref()), None));
         }
 
+        // One reading of the clock for the window, the time left, the answer
+        // and the metrics (the sweep's budget checks depend on it).
+        let now = self.now();
         let began = Instant::now();
         let before = stored
             .as_ref()
             .and_then(|s| s.payload.as_ref())
             .map_or(0, identities_in);
         let result = self
-            .refresh_started(experiment, started_at, stored, deadline, began)
+            .refresh_started(experiment, started_at, stored, deadline, now, began)
             .await;
         let (failed, incremental, after) = match &result {
             Ok((_, view, mode)) => (
@@ -166,7 +169,7 @@ impl App {
             Err(_) => (true, false, before),
         };
         self.metrics.refresh(
-            self.now(),
+            now,
             &metrics::Refresh {
                 experiment_id: experiment.id,
                 duration_ms: began.elapsed().as_millis() as u64,
@@ -185,10 +188,9 @@ impl App {
         started_at: DateTime<Utc>,
         stored: Option<StoredSnapshot>,
         deadline: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
         began: Instant,
     ) -> Result<(Outcome, SnapshotView, Option<Mode>), Error> {
-        // One reading of the clock for the window and the time left.
-        let now = self.now();
         let window = Window::new(started_at, experiment.ended_at, now);
         let target = Target {
             environment_key: &experiment.environment_key,
@@ -265,7 +267,7 @@ impl App {
         );
         Ok((
             Outcome::Refreshed,
-            self.view(experiment, Some(&stored)),
+            SnapshotView::new(experiment, Some(&stored), now, &self.config.limits),
             Some(mode),
         ))
     }
