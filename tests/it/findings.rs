@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::api::{call, v1, v2, Answer};
+use crate::health::set_weights;
 use crate::helpers::{exposure, ts, Ev, Options, TestEnv};
 use crate::metrics::Captured;
 
@@ -38,16 +39,6 @@ async fn srm_from_the_fourth_day(env: &TestEnv, feature: &str) {
         day(env, feature, &date, "control", c, &format!("c{d}_")).await;
         day(env, feature, &date, "variant_a", a, &format!("a{d}_")).await;
     }
-}
-
-async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
-    env.pg
-        .execute(
-            "UPDATE experiments SET variant_weights = $1 WHERE id = $2",
-            &[&weights, &id],
-        )
-        .await
-        .unwrap();
 }
 
 async fn get(env: &TestEnv, id: i64) -> Answer {

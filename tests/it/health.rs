@@ -25,7 +25,7 @@ fn split(control: usize, variant_a: usize, both: usize) -> Vec<Ev> {
     events
 }
 
-async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
+pub(crate) async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
     env.pg
         .execute(
             "UPDATE experiments SET variant_weights = $1 WHERE id = $2",

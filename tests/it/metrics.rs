@@ -436,14 +436,16 @@ fn findings(counts: &[(&str, f64)]) -> BTreeMap<String, f64> {
     all
 }
 
-async fn set_status(env: &TestEnv, id: i64, status: &str) {
-    env.pg
-        .execute(
-            "UPDATE experiments SET status = $2 WHERE id = $1",
-            &[&id, &status],
-        )
+/// Runs the sweep through the handler, as the schedule would.
+async fn run_sweep(app: &App, deadline: Option<DateTime<Utc>>) -> Value {
+    exposures::handler::handle(app, json!({"action": "refresh_due"}), deadline)
         .await
-        .unwrap();
+        .expect("the sweep runs")
+}
+
+fn sorted(mut ids: Vec<i64>) -> Value {
+    ids.sort_unstable();
+    json!(ids)
 }
 
 #[tokio::test]
@@ -507,21 +509,27 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
     let paused = env
         .experiment_for("prod", "paused", Some("2026-06-01T00:00:00Z"), None)
         .await;
-    set_status(&env, paused, "paused").await;
+    crate::sweep::set_status(&env, paused, "paused").await;
     let completed = env
         .experiment(Some("2026-06-01T00:00:00Z"), Some("2026-06-05T00:00:00Z"))
         .await;
     env.experiment(None, None).await;
 
+    // What the data show, whatever the refreshes do from here on.
+    let data_findings = [
+        ("srm", 1.0),
+        ("unexpected_variants", 1.0),
+        ("multiple_exposure", 1.0),
+        ("no_exposures", 1.0),
+        ("stalled", 1.0),
+    ];
+
     // 1. A good sweep: every snapshot is as of now.
     let t1 = ts("2026-06-09T22:00:00Z");
     env.set_now(t1);
-    let report = exposures::handler::handle(&app, json!({"action": "refresh_due"}), None)
-        .await
-        .unwrap();
-    let mut refreshed = vec![skewed, silent, faded, paused, completed];
-    refreshed.sort_unstable();
-    assert_eq!(report["refreshed"], json!(refreshed), "{report}");
+    let report = run_sweep(&app, None).await;
+    let refreshed = sorted(vec![skewed, silent, faded, paused, completed]);
+    assert_eq!(report["refreshed"], refreshed, "{report}");
     let (refreshes, sweep) = sweep_records(&emf.take(), t1);
     assert_eq!(refreshes.len(), 5);
     let new: BTreeMap<String, f64> = refreshes
@@ -544,16 +552,7 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
         (sweep.running, sweep.skipped, sweep.max_age),
         (3.0, 0.0, 0.0)
     );
-    assert_eq!(
-        sweep.findings,
-        findings(&[
-            ("srm", 1.0),
-            ("unexpected_variants", 1.0),
-            ("multiple_exposure", 1.0),
-            ("no_exposures", 1.0),
-            ("stalled", 1.0),
-        ])
-    );
+    assert_eq!(sweep.findings, findings(&data_findings));
     // What the sweep counted is what a reader sees.
     let read = call(
         &app,
@@ -578,12 +577,9 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
     let t2 = t1 + TimeDelta::hours(2);
     env.set_now(t2);
     let broken = emf.attach(env.app_without_clickhouse());
-    let report = exposures::handler::handle(&broken, json!({"action": "refresh_due"}), None)
-        .await
-        .unwrap();
-    let mut failed = vec![skewed, silent, faded, paused, newcomer];
-    failed.sort_unstable();
-    assert_eq!(report["failed"], json!(failed), "{report}");
+    let report = run_sweep(&broken, None).await;
+    let failed = sorted(vec![skewed, silent, faded, paused, newcomer]);
+    assert_eq!(report["failed"], failed, "{report}");
     let (refreshes, sweep) = sweep_records(&emf.take(), t2);
     assert_eq!(refreshes.len(), 5);
     for r in &refreshes {
@@ -601,23 +597,19 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
     assert_eq!((sweep.running, sweep.skipped), (4.0, 0.0));
     assert_eq!(sweep.max_age, 3.0 * 3600.0, "the newcomer, from started_at");
     // The newcomer has no payload, so no health and no finding.
-    let stale_and_failing = findings(&[
-        ("srm", 1.0),
-        ("unexpected_variants", 1.0),
-        ("multiple_exposure", 1.0),
-        ("no_exposures", 1.0),
-        ("stalled", 1.0),
-        ("refresh_failing", 3.0),
-        ("stale", 3.0),
-    ]);
+    let stale_and_failing = findings(
+        &[
+            &data_findings[..],
+            &[("refresh_failing", 3.0), ("stale", 3.0)],
+        ]
+        .concat(),
+    );
     assert_eq!(sweep.findings, stale_and_failing);
 
     // 3. Too little time left to start any refresh: all skipped, no refresh record.
     let deadline = t2 + TimeDelta::seconds(10);
-    let report = exposures::handler::handle(&app, json!({"action": "refresh_due"}), Some(deadline))
-        .await
-        .unwrap();
-    assert_eq!(report["skipped"], json!(failed), "{report}");
+    let report = run_sweep(&app, Some(deadline)).await;
+    assert_eq!(report["skipped"], failed, "{report}");
     let (refreshes, sweep) = sweep_records(&emf.take(), t2);
     assert!(refreshes.is_empty());
     assert_eq!(
@@ -627,10 +619,8 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
     assert_eq!(sweep.findings, stale_and_failing);
 
     // 4. ClickHouse back: the failures and the staleness clear, to 0.
-    let report = exposures::handler::handle(&app, json!({"action": "refresh_due"}), None)
-        .await
-        .unwrap();
-    assert_eq!(report["refreshed"], json!(failed), "{report}");
+    let report = run_sweep(&app, None).await;
+    assert_eq!(report["refreshed"], failed, "{report}");
     let (refreshes, sweep) = sweep_records(&emf.take(), t2);
     assert_eq!(refreshes.len(), 5);
     assert_eq!(
@@ -639,13 +629,7 @@ async fn every_sweep_reports_running_experiments_snapshot_age_and_findings() {
     );
     assert_eq!(
         sweep.findings,
-        findings(&[
-            ("srm", 1.0),
-            ("unexpected_variants", 1.0),
-            ("multiple_exposure", 1.0),
-            // The newcomer has run 3 h with nobody counted: not yet a finding.
-            ("no_exposures", 1.0),
-            ("stalled", 1.0),
-        ])
+        // The newcomer has run 3 h with nobody counted: not yet no_exposures.
+        findings(&data_findings)
     );
 }
