@@ -3,7 +3,8 @@
 # installs what is missing, starts the private ClickHouse and PostgreSQL servers, runs the
 # function in the local Lambda emulator (`cargo lambda watch`), applies the migrations, seeds
 # experiment 42 with synthetic exposures (scripts/seed-demo.sh), refreshes its snapshot through
-# `cargo lambda invoke`, and shows the answer, a summary and the stored PostgreSQL row.
+# `cargo lambda invoke`, and shows the answer, a summary with the health findings, the metrics
+# line the refresh wrote and the stored PostgreSQL row.
 # Rerunnable; the servers stay up (scripts/servers.sh stop), the emulator is always stopped.
 # Settings: DEMO_PORT (19301), CARGO_TARGET_DIR (target), DEMO_IDENTITIES (20000).
 set -euo pipefail
@@ -97,7 +98,18 @@ print(f"  granularity {series['granularity']}, {len(points)} points{span}")
 ratio, multiple = snapshot["health"]["sample_ratio"], snapshot["health"]["multiple_exposure"]
 tested = f"chi-squared {ratio['chi_squared']:.3f}, p-value {ratio['p_value']:.3g}" if ratio["p_value"] is not None else ratio["reason"]
 print(f"  health: sample ratio {ratio['status']} ({tested}); multiple exposure share {multiple['share']:.4f}, warning {multiple['warning']}")
+sequential = ratio["sequential"]
+if sequential is not None:
+    onset = sequential["onset_bucket"] or "none"
+    print(f"  sequential test: {sequential['status']}, p-value {sequential['p_value']:.3g}, onset bucket {onset}")
+findings = snapshot["health"]["findings"]
+print(f"  findings: {len(findings) if findings else 'none'}")
+for f in findings:
+    print(f"    {f['severity']:<8} {f['code']:<20} since {f['since'] or '-'}: {f['detail']}")
 PY
+
+step "metrics: the refresh's Embedded Metric Format line on the function's stdout"
+grep -F '"_aws"' "$LOG" | tail -n 1 | python3 -m json.tool
 
 step "stored row in PostgreSQL"
 PGTZ=UTC psql "$DATABASE_URL" -X -v ON_ERROR_STOP=1 -P pager=off -x -P format=unaligned \

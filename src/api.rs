@@ -74,7 +74,7 @@ pub async fn respond(app: &App, request: &HttpRequest, deadline: Option<DateTime
 async fn snapshot(app: &App, id: i64) -> Result<SnapshotView, Error> {
     let (experiment, stored) = app.load(id).await?;
     app.authorize(&experiment)?;
-    Ok(SnapshotView::new(&experiment, stored.as_ref()))
+    Ok(app.view(&experiment, stored.as_ref()))
 }
 
 /// `POST`: checks, then claims the per-experiment slot (race-safe in one

@@ -7,6 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::TimeDelta;
+
+use crate::domain::health::Limits;
+
 /// A value that must never be printed (passwords, connection strings).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -66,6 +70,11 @@ pub const VARIABLES: &[&str] = &[
     "EXPOSURES_QUERY_TIMEOUT_SECONDS",
     "EXPOSURES_SWEEP_CONCURRENCY",
     "EXPOSURES_API_ALLOWED_ENVIRONMENTS",
+    "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+    "EXPOSURES_STALLED_AFTER_HOURS",
+    "EXPOSURES_STALE_AFTER_SECONDS",
+    "EXPOSURES_METRICS_NAMESPACE",
+    "EXPOSURES_METRICS_PER_EXPERIMENT",
 ];
 
 /// Everything the function needs to know about its surroundings.
@@ -99,6 +108,12 @@ pub struct Config {
     pub clickhouse_ca_file: Option<String>,
     /// Attempts a ClickHouse query gets when it fails transiently (1 = no retry).
     pub clickhouse_attempts: u32,
+    /// When a condition becomes a finding (SPEC 5.6).
+    pub limits: Limits,
+    /// CloudWatch namespace of the metrics (SPEC 7b).
+    pub metrics_namespace: String,
+    /// Whether refresh metrics also carry the `ExperimentId` dimension.
+    pub metrics_per_experiment: bool,
 }
 
 impl Config {
@@ -170,6 +185,38 @@ impl Config {
                 &get("EXPOSURES_CLICKHOUSE_ATTEMPTS", "3"),
                 1..=10,
             )? as u32,
+            limits: Limits {
+                no_exposures_after: TimeDelta::hours(number(
+                    "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+                    &get("EXPOSURES_NO_EXPOSURES_AFTER_HOURS", "24"),
+                    1..=24 * 366,
+                )? as i64),
+                stalled_after: TimeDelta::hours(number(
+                    "EXPOSURES_STALLED_AFTER_HOURS",
+                    &get("EXPOSURES_STALLED_AFTER_HOURS", "24"),
+                    1..=24 * 366,
+                )? as i64),
+                stale_after: TimeDelta::seconds(number(
+                    "EXPOSURES_STALE_AFTER_SECONDS",
+                    &get("EXPOSURES_STALE_AFTER_SECONDS", "3600"),
+                    1..=366 * 86_400,
+                )? as i64),
+            },
+            metrics_namespace: namespace(get("EXPOSURES_METRICS_NAMESPACE", "Exposures"))?,
+            metrics_per_experiment: match get("EXPOSURES_METRICS_PER_EXPERIMENT", "true")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        "EXPOSURES_METRICS_PER_EXPERIMENT",
+                        "must be true or false",
+                    ))
+                }
+            },
             api_allowed_environments: lookup("EXPOSURES_API_ALLOWED_ENVIRONMENTS")
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {
@@ -190,6 +237,26 @@ fn identifier(variable: &'static str, value: String) -> Result<String, ConfigErr
         return Err(ConfigError::new(
             variable,
             "must be a table or database name (letters, digits, `_`, optionally `schema.name`)",
+        ));
+    }
+    Ok(value)
+}
+
+/// A CloudWatch namespace: 1 to 255 of the characters CloudWatch allows
+/// (ASCII letters and digits, `.`, `-`, `_`, `/`, `#`, `:` and space), not
+/// beginning with `:` or the reserved `AWS/`.
+fn namespace(value: String) -> Result<String, ConfigError> {
+    let value = value.trim().to_owned();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    if value.is_empty()
+        || value.len() > 255
+        || !value.chars().all(allowed)
+        || value.starts_with(':')
+        || value.starts_with("AWS/")
+    {
+        return Err(ConfigError::new(
+            "EXPOSURES_METRICS_NAMESPACE",
+            "must be a CloudWatch namespace: 1 to 255 ASCII letters, digits, spaces or . - _ / # :, not starting with : or AWS/",
         ));
     }
     Ok(value)
@@ -301,6 +368,88 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("hunter3"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn findings_limits_and_metrics_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                no_exposures_after: TimeDelta::hours(24),
+                stalled_after: TimeDelta::hours(24),
+                stale_after: TimeDelta::seconds(3600),
+            }
+        );
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.metrics_namespace, "Exposures");
+        assert!(c.metrics_per_experiment);
+
+        let c = config(&[
+            ("EXPOSURES_NO_EXPOSURES_AFTER_HOURS", "48"),
+            ("EXPOSURES_STALLED_AFTER_HOURS", " 6 "),
+            ("EXPOSURES_STALE_AFTER_SECONDS", "1"),
+            ("EXPOSURES_METRICS_NAMESPACE", "Team/Exposures prod"),
+            ("EXPOSURES_METRICS_PER_EXPERIMENT", "False"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.no_exposures_after, TimeDelta::hours(48));
+        assert_eq!(c.limits.stalled_after, TimeDelta::hours(6));
+        assert_eq!(c.limits.stale_after, TimeDelta::seconds(1));
+        assert_eq!(c.metrics_namespace, "Team/Exposures prod");
+        assert!(!c.metrics_per_experiment);
+        assert!(
+            config(&[("EXPOSURES_METRICS_PER_EXPERIMENT", "TRUE")])
+                .unwrap()
+                .metrics_per_experiment
+        );
+        // Blank means the default, as for every variable.
+        assert_eq!(
+            config(&[("EXPOSURES_METRICS_NAMESPACE", "  ")])
+                .unwrap()
+                .metrics_namespace,
+            "Exposures"
+        );
+
+        // The thresholds are positive whole numbers.
+        for variable in [
+            "EXPOSURES_NO_EXPOSURES_AFTER_HOURS",
+            "EXPOSURES_STALLED_AFTER_HOURS",
+            "EXPOSURES_STALE_AFTER_SECONDS",
+        ] {
+            for value in ["0", "-1", "1.5", "24h", "99999999999"] {
+                let e = config(&[(variable, value)]).unwrap_err();
+                assert_eq!(e.variable, variable, "{value}");
+                assert!(
+                    e.reason.starts_with("must be a whole number from 1 to"),
+                    "{e}"
+                );
+            }
+        }
+        for value in ["yes", "1", "on", "no"] {
+            let e = config(&[("EXPOSURES_METRICS_PER_EXPERIMENT", value)]).unwrap_err();
+            assert_eq!(e.variable, "EXPOSURES_METRICS_PER_EXPERIMENT", "{value}");
+            assert!(e.to_string().contains("true or false"), "{e}");
+        }
+        let long = "N".repeat(256);
+        for value in [
+            "AWS/Lambda",
+            ":Exposures",
+            "Expo\u{e9}sures",
+            "a\tb",
+            "a*b",
+            long.as_str(),
+        ] {
+            let e = config(&[("EXPOSURES_METRICS_NAMESPACE", value)]).unwrap_err();
+            assert_eq!(e.variable, "EXPOSURES_METRICS_NAMESPACE", "{value}");
+        }
+        assert_eq!(
+            config(&[("EXPOSURES_METRICS_NAMESPACE", &"N".repeat(255))])
+                .unwrap()
+                .metrics_namespace
+                .len(),
+            255
         );
     }
 }

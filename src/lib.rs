@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod handler;
 pub mod intake;
+pub mod metrics;
 pub mod retry;
 pub mod secrets;
 pub mod service;

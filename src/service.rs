@@ -12,9 +12,10 @@ use crate::domain::fingerprint::Fingerprint;
 use crate::domain::incremental::{self, Base, FullReason};
 use crate::domain::rfc3339;
 use crate::domain::snapshot::{is_final, Outcome, SnapshotView, StoredSnapshot, StoredWindow};
-use crate::domain::summary::Payload;
+use crate::domain::summary::{identities_in, Payload};
 use crate::domain::window::Window;
 use crate::error::Error;
+use crate::metrics::{self, Metrics, Sink};
 use crate::retry::{self, Failure, Policy};
 use crate::store::{Good, Store};
 use crate::warehouse::{Delta, Target, Warehouse, WarehouseError};
@@ -36,6 +37,8 @@ pub struct App {
     pub warehouse: Warehouse,
     /// The configuration it was built from.
     pub config: Config,
+    /// CloudWatch metrics (EMF lines on stdout).
+    pub metrics: Metrics,
     clock: Clock,
 }
 
@@ -46,9 +49,16 @@ impl App {
             // The sweep's refreshes plus a few for API reads.
             store: Store::new(&config, config.sweep_concurrency + 4)?,
             warehouse: Warehouse::new(&config)?,
+            metrics: Metrics::new(&config),
             config,
             clock: Arc::new(Utc::now),
         })
+    }
+
+    /// Replaces where metrics go (tests).
+    pub fn with_metrics_sink(mut self, sink: Sink) -> Self {
+        self.metrics = self.metrics.with_sink(sink);
+        self
     }
 
     /// Replaces the clock (tests).
@@ -60,6 +70,11 @@ impl App {
     /// The current time by this app's clock.
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
+    }
+
+    /// The snapshot object of `experiment`, its health as of now.
+    pub fn view(&self, experiment: &Experiment, stored: Option<&StoredSnapshot>) -> SnapshotView {
+        SnapshotView::new(experiment, stored, self.now(), &self.config.limits)
     }
 
     /// Loads an experiment and its stored snapshot; unknown ids are an error.
@@ -86,7 +101,7 @@ impl App {
     /// Reads the stored snapshot without touching ClickHouse.
     pub async fn snapshot(&self, experiment_id: i64) -> Result<SnapshotView, Error> {
         let (experiment, stored) = self.load(experiment_id).await?;
-        Ok(SnapshotView::new(&experiment, stored.as_ref()))
+        Ok(self.view(&experiment, stored.as_ref()))
     }
 
     /// Refreshes one experiment (README "Invocations"). `deadline` is when Lambda stops
@@ -123,21 +138,59 @@ impl App {
         let Some(started_at) = experiment.started_at else {
             return Ok((
                 Outcome::NotStarted,
-                SnapshotView::new(experiment, stored.as_ref()),
+                self.view(experiment, stored.as_ref()),
                 None,
             ));
         };
         if stored.as_ref().is_some_and(|s| is_final(experiment, s)) {
-            return Ok((
-                Outcome::Final,
-                SnapshotView::new(experiment, stored.as_ref()),
-                None,
-            ));
+            return Ok((Outcome::Final, self.view(experiment, stored.as_ref()), None));
         }
 
-        let began = Instant::now();
-        // One reading of the clock for the window and the time left.
+        // One reading of the clock for the window, the time left, the answer
+        // and the metrics (the sweep's budget checks depend on it).
         let now = self.now();
+        let began = Instant::now();
+        let before = stored
+            .as_ref()
+            .and_then(|s| s.payload.as_ref())
+            .map_or(0, identities_in);
+        let result = self
+            .refresh_started(experiment, started_at, stored, deadline, now, began)
+            .await;
+        let (failed, incremental, after) = match &result {
+            Ok((_, view, mode)) => (
+                false,
+                *mode == Some(Mode::Incremental),
+                view.exposures
+                    .as_ref()
+                    .and_then(|e| e.payload.as_ref())
+                    .map_or(0, identities_in),
+            ),
+            Err(_) => (true, false, before),
+        };
+        self.metrics.refresh(
+            now,
+            &metrics::Refresh {
+                experiment_id: experiment.id,
+                duration_ms: began.elapsed().as_millis() as u64,
+                failed,
+                incremental,
+                new_identities: after as i64 - before as i64,
+            },
+        );
+        result
+    }
+
+    /// The refresh of a started experiment that is not final: computes, stores, answers.
+    async fn refresh_started(
+        &self,
+        experiment: &Experiment,
+        started_at: DateTime<Utc>,
+        stored: Option<StoredSnapshot>,
+        deadline: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        began: Instant,
+    ) -> Result<(Outcome, SnapshotView, Option<Mode>), Error> {
         let window = Window::new(started_at, experiment.ended_at, now);
         let target = Target {
             environment_key: &experiment.environment_key,
@@ -215,7 +268,7 @@ impl App {
         );
         Ok((
             Outcome::Refreshed,
-            SnapshotView::new(experiment, Some(&stored)),
+            SnapshotView::new(experiment, Some(&stored), now, &self.config.limits),
             Some(mode),
         ))
     }

@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
-use crate::domain::snapshot::Outcome;
+use crate::domain::health::Code;
+use crate::domain::snapshot::{Outcome, SnapshotView};
 use crate::error::Error;
+use crate::metrics;
 use crate::retry;
 use crate::service::App;
 
@@ -87,6 +89,7 @@ pub async fn refresh_due(app: &App, deadline: Option<DateTime<Utc>>) -> Result<S
     report.refreshed.sort_unstable();
     report.failed.sort_unstable();
     report.skipped.sort_unstable();
+    report_metrics(app, &report).await;
     tracing::info!(
         due = due.len(),
         refreshed = report.refreshed.len(),
@@ -96,6 +99,41 @@ pub async fn refresh_due(app: &App, deadline: Option<DateTime<Utc>>) -> Result<S
         "sweep finished"
     );
     Ok(report)
+}
+
+/// The sweep's metrics (SPEC 7b), from the running experiments as stored now.
+/// A failure to read them is logged: the sweep's refreshes are done by then.
+async fn report_metrics(app: &App, report: &SweepReport) {
+    let running = match app.store.running_experiments().await {
+        Ok(running) => running,
+        Err(error) => {
+            tracing::error!(%error, "sweep: running experiments not read; no sweep metrics");
+            return;
+        }
+    };
+    let now = app.now();
+    let mut sweep = metrics::Sweep {
+        running_experiments: running.len() as u64,
+        skipped: report.skipped.len() as u64,
+        max_snapshot_age_seconds: 0,
+        findings: Code::ALL.iter().map(|code| (*code, 0)).collect(),
+    };
+    for (experiment, stored) in &running {
+        let since = stored
+            .as_ref()
+            .and_then(|s| s.as_of)
+            .or(experiment.started_at);
+        if let Some(since) = since {
+            let age = (now - since).num_seconds().max(0) as u64;
+            sweep.max_snapshot_age_seconds = sweep.max_snapshot_age_seconds.max(age);
+        }
+        let view = SnapshotView::new(experiment, stored.as_ref(), now, &app.config.limits);
+        let findings = view.exposures.and_then(|e| e.health).map(|h| h.findings);
+        for finding in findings.into_iter().flatten() {
+            *sweep.findings.entry(finding.code).or_default() += 1;
+        }
+    }
+    app.metrics.sweep(now, &sweep);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::domain::experiment::Experiment;
 use crate::domain::fingerprint::Fingerprint;
-use crate::domain::health::Health;
+use crate::domain::health::{Facts, Health, Limits};
 use crate::domain::rfc3339;
 
 /// The stored row of `experiment_exposures`.
@@ -88,8 +88,13 @@ pub struct Exposures {
 }
 
 impl SnapshotView {
-    /// Combines the experiment with what is stored for it.
-    pub fn new(experiment: &Experiment, stored: Option<&StoredSnapshot>) -> Self {
+    /// Combines the experiment with what is stored for it, its health as of `now`.
+    pub fn new(
+        experiment: &Experiment,
+        stored: Option<&StoredSnapshot>,
+        now: DateTime<Utc>,
+        limits: &Limits,
+    ) -> Self {
         Self {
             experiment_id: experiment.id,
             exposures: stored.map(|s| Exposures {
@@ -98,11 +103,16 @@ impl SnapshotView {
                 refresh_requested_at: s.refresh_requested_at,
                 is_final: is_final(experiment, s),
                 payload: s.payload.clone(),
-                health: s
-                    .payload
-                    .as_ref()
-                    .filter(|p| !p.is_null())
-                    .map(|p| Health::compute(p, experiment.variant_weights.as_ref())),
+                health: s.payload.as_ref().filter(|p| !p.is_null()).map(|p| {
+                    let facts = Facts {
+                        status: &experiment.status,
+                        started_at: experiment.started_at,
+                        as_of: s.as_of,
+                        last_error_at: s.last_error_at,
+                        now,
+                    };
+                    Health::compute(p, experiment.variant_weights.as_ref(), &facts, limits)
+                }),
             }),
         }
     }

@@ -106,6 +106,17 @@ impl Payload {
     }
 }
 
+/// Identities counted in a stored payload's points (0 for anything that is not one).
+pub fn identities_in(payload: &serde_json::Value) -> u64 {
+    payload["timeseries"]["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["new_identities"].as_object())
+        .flat_map(|counts| counts.values())
+        .fold(0, |sum, n| sum.saturating_add(n.as_u64().unwrap_or(0)))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -14,7 +14,38 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Option<(Experiment, Option<StoredSnapshot>)>, DbError> {
-        let sql = format!(
+        let sql = self.select("e.id = $1::bigint");
+        let sql = &sql;
+        let found = self
+            .retry_once(|client| async move { Ok(client.query_opt(sql, &[&id]).await?) })
+            .await?;
+        found.map(|row| self.decode(id, &row)).transpose()
+    }
+
+    /// Every `running` experiment with its stored snapshot, for the sweep's
+    /// metrics. A row that cannot be used is logged and left out.
+    pub async fn running_experiments(
+        &self,
+    ) -> Result<Vec<(Experiment, Option<StoredSnapshot>)>, DbError> {
+        let sql = self.select("e.id IS NOT NULL AND e.status::text = 'running' ORDER BY e.id");
+        let sql = &sql;
+        let rows = self
+            .retry_once(|client| async move { Ok(client.query(sql, &[]).await?) })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let id = row.try_get("id").unwrap_or_default();
+                self.decode(id, row)
+                    .inspect_err(|error| tracing::warn!(experiment_id = id, %error, "experiment left out of the sweep's metrics"))
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// The experiments and stored snapshots matching `filter`.
+    fn select(&self, filter: &str) -> String {
+        format!(
             "SELECT e.id::bigint AS id, e.environment_key::text AS environment_key,
                     e.feature_name::text AS feature_name, e.status::text AS status,
                     e.started_at, e.ended_at,
@@ -25,16 +56,13 @@ impl Store {
                     x.as_of, x.payload, x.last_error_at, x.refresh_requested_at, x.updated_at,
                     x.window_start, x.window_rows, x.window_checksum
              FROM {} e LEFT JOIN experiment_exposures x ON x.experiment_id = e.id
-             WHERE e.id = $1::bigint",
+             WHERE {filter}",
             self.experiments
-        );
-        let sql = &sql;
-        let found = self
-            .retry_once(|client| async move { Ok(client.query_opt(sql, &[&id]).await?) })
-            .await?;
-        let Some(row) = found else {
-            return Ok(None);
-        };
+        )
+    }
+
+    /// One row of [`Store::select`].
+    fn decode(&self, id: i64, row: &Row) -> Result<(Experiment, Option<StoredSnapshot>), DbError> {
         let column = |name: &str| DbError::BadRow {
             relation: self.experiments.clone(),
             reason: format!("experiment {id}: column {name} is NULL or of an unexpected type"),
@@ -52,14 +80,14 @@ impl Store {
                 .try_get("started_at")
                 .map_err(|_| column("started_at"))?,
             ended_at: row.try_get("ended_at").map_err(|_| column("ended_at"))?,
-            variant_weights: self.variant_weights(id, &row)?,
+            variant_weights: self.variant_weights(id, row)?,
         };
         let stored = if row.try_get("stored")? {
-            Some(snapshots::from_row(&row)?)
+            Some(snapshots::from_row(row)?)
         } else {
             None
         };
-        Ok(Some((experiment, stored)))
+        Ok((experiment, stored))
     }
 
     /// `variant_weights` of a loaded row; a malformed value counts as none and is

@@ -105,6 +105,8 @@ async fn get_reads_postgres_only() {
         .store_payload(id, ts("2026-06-01T05:00:00Z"), &payload)
         .await
         .unwrap();
+    // Read a day after as_of: 29 hours running with nobody counted, and stale.
+    env.set_now(ts("2026-06-02T05:00:00Z"));
     let a = call(&env.app, v2("GET", &path, Some(&id.to_string()))).await;
     assert_eq!(
         a.body,
@@ -113,8 +115,13 @@ async fn get_reads_postgres_only() {
                "health": {
                    "sample_ratio": {"status": "skipped", "reason": "no_weights", "observed": {},
                                     "expected": null, "chi_squared": null, "degrees_of_freedom": null,
-                                    "p_value": null, "unexpected_variants": []},
-                   "multiple_exposure": {"excluded_identities": 0, "share": 0.0, "warning": false}}}})
+                                    "p_value": null, "unexpected_variants": [], "sequential": null},
+                   "multiple_exposure": {"excluded_identities": 0, "share": 0.0, "warning": false},
+                   "findings": [
+                       {"code": "no_exposures", "severity": "error", "since": "2026-06-02T00:00:00Z",
+                        "detail": "Running for 29 hours and no identity has been counted."},
+                       {"code": "stale", "severity": "warning", "since": "2026-06-01T06:00:00Z",
+                        "detail": "The snapshot is 86400 seconds old (limit 3600)."}]}}})
     );
 }
 

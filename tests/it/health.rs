@@ -25,7 +25,7 @@ fn split(control: usize, variant_a: usize, both: usize) -> Vec<Ev> {
     events
 }
 
-async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
+pub(crate) async fn set_weights(env: &TestEnv, id: i64, weights: Value) {
     env.pg
         .execute(
             "UPDATE experiments SET variant_weights = $1 WHERE id = $2",
@@ -71,9 +71,11 @@ async fn health_follows_the_current_weights_without_a_refresh() {
                 "observed": {"control": 60, "variant_a": 60},
                 "expected": {"control": 60.0, "variant_a": 60.0},
                 "chi_squared": 0.0, "degrees_of_freedom": 1, "p_value": 1.0,
-                "unexpected_variants": []
+                "unexpected_variants": [],
+                "sequential": {"status": "ok", "p_value": 1.0, "onset_bucket": null}
             },
-            "multiple_exposure": {"excluded_identities": 2, "share": 2.0 / 122.0, "warning": false}
+            "multiple_exposure": {"excluded_identities": 2, "share": 2.0 / 122.0, "warning": false},
+            "findings": []
         }),
         "{refreshed:#}"
     );

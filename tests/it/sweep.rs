@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{exposure, ts, TestEnv};
 
-async fn set_status(env: &TestEnv, id: i64, status: &str) {
+pub(crate) async fn set_status(env: &TestEnv, id: i64, status: &str) {
     env.pg
         .execute(
             "UPDATE experiments SET status = $2 WHERE id = $1",

@@ -6,17 +6,22 @@
 //! Pure: no I/O, so every status, reason and boundary is unit-tested here,
 //! and the p-value against a reference table made by SciPy.
 
+mod findings;
 mod sample_ratio;
+mod sequential;
 mod weights;
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use findings::{Code, Facts, Finding, Limits, Severity};
 pub use sample_ratio::{
     chi_squared_sf, Reason, SampleRatio, Status, MIN_IDENTITIES, MISMATCH_P_VALUE,
 };
+pub use sequential::{Sequential, SequentialTest};
 pub use weights::Weights;
 
 /// Multiple exposure warns from this share of identities on...
@@ -31,6 +36,8 @@ pub struct Health {
     pub sample_ratio: SampleRatio,
     /// How many identities saw more than one variant.
     pub multiple_exposure: MultipleExposure,
+    /// What is wrong now, most severe first (SPEC 5.6).
+    pub findings: Vec<Finding>,
 }
 
 /// Identities quarantined for seeing more than one variant.
@@ -46,32 +53,99 @@ pub struct MultipleExposure {
 
 impl Health {
     /// Health of a stored payload (JSON as in docs/contract.md, section 4)
-    /// under `weights`. Counts that are not unsigned
-    /// integers are ignored rather than failing a read.
-    pub fn compute(payload: &Value, weights: Option<&Weights>) -> Self {
-        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        let points = payload["timeseries"]["points"].as_array();
-        for point in points.into_iter().flatten() {
-            if let Some(counts) = point["new_identities"].as_object() {
-                for (variant, n) in counts {
-                    let n = n.as_u64().unwrap_or(0);
-                    // Look up before inserting: a key is allocated once per variant, not per point.
-                    match seen.get_mut(variant) {
-                        Some(total) => *total = total.saturating_add(n),
-                        None => {
-                            seen.insert(variant.clone(), n);
+    /// under `weights`, with the findings of `facts` under `limits`. Counts
+    /// that are not unsigned integers are ignored rather than failing a read.
+    pub fn compute(
+        payload: &Value,
+        weights: Option<&Weights>,
+        facts: &Facts<'_>,
+        limits: &Limits,
+    ) -> Self {
+        let points = payload["timeseries"]["points"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        // One pass over the points feeds both tests: the totals per variant and,
+        // per point, the arms' counts for the sequential test (SPEC 5.6).
+        let arms = weights.map(Weights::arms).unwrap_or_default();
+        let arm_names: Vec<&str> = arms.keys().copied().collect();
+        let arm_weights: Vec<f64> = arms.values().copied().collect();
+        let mut sequential = SequentialTest::new(&arm_weights);
+        let mut in_point = vec![0_u64; arm_names.len()];
+        let mut onset_bucket = None;
+        // Variant name (borrowed), total, arm index; sorted by name. A point's
+        // variants come sorted too (serde_json's map), so the next entry is
+        // almost always the one: one string comparison per variant and point,
+        // where lookups cost most of the time (binary search otherwise).
+        let mut seen: Vec<(&str, u64, Option<usize>)> = Vec::new();
+        for point in points {
+            in_point.fill(0);
+            let mut next = 0;
+            for (variant, n) in point["new_identities"].as_object().into_iter().flatten() {
+                let n = n.as_u64().unwrap_or(0);
+                let at = if seen.get(next).is_some_and(|(v, ..)| *v == variant) {
+                    next
+                } else {
+                    match seen.binary_search_by(|(v, ..)| (*v).cmp(variant.as_str())) {
+                        Ok(at) => at,
+                        Err(at) => {
+                            let arm = arm_names.iter().position(|a| *a == variant);
+                            seen.insert(at, (variant, 0, arm));
+                            at
                         }
                     }
+                };
+                let (_, total, arm) = &mut seen[at];
+                *total = total.saturating_add(n);
+                if let Some(arm) = *arm {
+                    in_point[arm] = n;
+                }
+                next = at + 1;
+            }
+            if let Some(test) = sequential.as_mut() {
+                test.observe(&in_point);
+                if onset_bucket.is_none() && test.onset().is_some() {
+                    onset_bucket = Some(bucket(point).unwrap_or_default());
                 }
             }
         }
+        let sequential = sequential.map(|test| Sequential::of(&test, onset_bucket));
+        let seen: BTreeMap<String, u64> = seen
+            .into_iter()
+            .map(|(v, n, _)| (v.to_owned(), n))
+            .collect();
         let excluded = payload["excluded_identities"].as_u64().unwrap_or(0);
         let identities = seen.values().fold(0_u64, |s, n| s.saturating_add(*n));
+        let sample_ratio = sample_ratio::compute(seen, identities, weights, sequential);
+        let multiple_exposure = multiple_exposure(excluded, identities);
+        let series = findings::Series {
+            identities,
+            excluded,
+            last_bucket_end: last_bucket_end(payload, points),
+        };
+        let findings =
+            findings::findings(facts, limits, &series, &sample_ratio, &multiple_exposure);
         Self {
-            sample_ratio: sample_ratio::compute(seen, identities, weights),
-            multiple_exposure: multiple_exposure(excluded, identities),
+            sample_ratio,
+            multiple_exposure,
+            findings,
         }
     }
+}
+
+/// A point's bucket start.
+fn bucket(point: &Value) -> Option<DateTime<Utc>> {
+    let start = DateTime::parse_from_rfc3339(point["bucket"].as_str()?).ok()?;
+    Some(start.with_timezone(&Utc))
+}
+
+/// The end of the last point's bucket: its start plus the payload's granularity.
+fn last_bucket_end(payload: &Value, points: &[Value]) -> Option<DateTime<Utc>> {
+    let width = match payload["timeseries"]["granularity"].as_str()? {
+        "hour" => TimeDelta::hours(1),
+        "day" => TimeDelta::days(1),
+        _ => return None,
+    };
+    Some(bucket(points.last()?)? + width)
 }
 
 fn multiple_exposure(excluded: u64, identities: u64) -> MultipleExposure {
@@ -111,8 +185,24 @@ pub(crate) mod tests {
         Weights::from_json(Some(&v)).unwrap().unwrap()
     }
 
+    /// Facts under which only the payload can raise a finding.
+    pub(crate) fn quiet() -> Facts<'static> {
+        Facts {
+            status: "completed",
+            started_at: None,
+            as_of: None,
+            last_error_at: None,
+            now: DateTime::UNIX_EPOCH,
+        }
+    }
+
     pub(crate) fn health(payload: &Value, w: Option<Value>) -> Health {
-        Health::compute(payload, w.map(weights).as_ref())
+        Health::compute(
+            payload,
+            w.map(weights).as_ref(),
+            &quiet(),
+            &Limits::default(),
+        )
     }
 
     #[test]
@@ -125,6 +215,7 @@ pub(crate) mod tests {
             4,
         );
         let h = health(&p, Some(json!({"control": 50, "variant_a": 50})));
+        let sequential = h.sample_ratio.sequential.as_ref().unwrap().p_value;
         assert_eq!(
             serde_json::to_value(&h).unwrap(),
             json!({
@@ -134,10 +225,17 @@ pub(crate) mod tests {
                     "expected": {"control": 500.0, "variant_a": 500.0},
                     "chi_squared": 1.6, "degrees_of_freedom": 1,
                     "p_value": h.sample_ratio.p_value.unwrap(),
-                    "unexpected_variants": []
+                    "unexpected_variants": [],
+                    "sequential": {"status": "ok", "p_value": sequential, "onset_bucket": null}
                 },
-                "multiple_exposure": {"excluded_identities": 4, "share": 4.0 / 1004.0, "warning": false}
+                "multiple_exposure": {"excluded_identities": 4, "share": 4.0 / 1004.0, "warning": false},
+                "findings": []
             })
+        );
+        // ssrm-test 0.1.5: sequential_p_values([[500, 470], [20, 10]], [0.5, 0.5])[-1].
+        assert!(
+            (sequential / 0.9752351257848276 - 1.0).abs() < 1e-9,
+            "{sequential}"
         );
         let p_value = h.sample_ratio.p_value.unwrap();
         assert!(

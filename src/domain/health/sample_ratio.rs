@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
+use super::sequential::Sequential;
 use super::Weights;
 
 /// Fewer identities than this over all variants: too few for the test.
@@ -56,6 +57,8 @@ pub struct SampleRatio {
     pub p_value: Option<f64>,
     /// Variants seen that are not arms (sorted); empty without weights.
     pub unexpected_variants: Vec<String>,
+    /// The anytime-valid test (SPEC 5.6); `None` without weights or with one arm.
+    pub sequential: Option<Sequential>,
 }
 
 /// The test over the variants `seen` (identities per variant) under `weights`.
@@ -63,8 +66,9 @@ pub(super) fn compute(
     seen: BTreeMap<String, u64>,
     identities: u64,
     weights: Option<&Weights>,
+    sequential: Option<Sequential>,
 ) -> SampleRatio {
-    let skipped = |reason, observed, unexpected_variants| SampleRatio {
+    let skipped = |reason, observed, unexpected_variants, sequential| SampleRatio {
         status: Status::Skipped,
         reason: Some(reason),
         observed,
@@ -73,9 +77,10 @@ pub(super) fn compute(
         degrees_of_freedom: None,
         p_value: None,
         unexpected_variants,
+        sequential,
     };
     let Some(weights) = weights else {
-        return skipped(Reason::NoWeights, seen, Vec::new());
+        return skipped(Reason::NoWeights, seen, Vec::new(), None);
     };
     let arms = weights.arms();
     let unexpected: Vec<String> = seen
@@ -88,10 +93,11 @@ pub(super) fn compute(
         observed.entry((*arm).to_owned()).or_insert(0);
     }
     if arms.len() < 2 {
-        return skipped(Reason::SingleArm, observed, unexpected);
+        return skipped(Reason::SingleArm, observed, unexpected, None);
     }
+    // Valid at any size, so kept below MIN_IDENTITIES too.
     if identities < MIN_IDENTITIES {
-        return skipped(Reason::TooFewIdentities, observed, unexpected);
+        return skipped(Reason::TooFewIdentities, observed, unexpected, sequential);
     }
 
     let in_arms = arms
@@ -125,6 +131,7 @@ pub(super) fn compute(
         degrees_of_freedom: Some(degrees_of_freedom),
         p_value: Some(p_value),
         unexpected_variants: unexpected,
+        sequential,
     }
 }
 
