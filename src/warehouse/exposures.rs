@@ -4,8 +4,6 @@
 use serde::Deserialize;
 
 use super::error::WarehouseError;
-use clickhouse::sql::Identifier;
-
 use super::plan::{counted, Plan};
 use super::sql::{bind_filter, bucket_start, render, Target, TimestampKind};
 use super::Warehouse;
@@ -62,17 +60,6 @@ const PER_BUCKET_SQL: &str = "\
         GROUP BY sipHash128(identifier)
     )
     GROUP BY quarantined, bucket, code";
-
-/// The sharded plan's counts: each shard runs `{per_shard}` on its local
-/// table and sends its few rows; this server adds them up. The `Distributed`
-/// table on the left is what sends the query to every shard; `PREWHERE 0`
-/// reads none of its rows, and the `RIGHT JOIN` keeps every shard's rows
-/// (README "Running on a cluster").
-pub(super) const SHARDED_SQL: &str = "\
-    SELECT {sums}
-    FROM ? ALL RIGHT JOIN ({per_shard}) AS shard USING identifier
-    PREWHERE 0
-    GROUP BY {keys}";
 
 /// One result row of the exposures query, as the server sends it.
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -170,23 +157,17 @@ impl Warehouse {
         window: &Window,
     ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        let per_bucket = PER_BUCKET_SQL.replace("{counted}", counted(plan));
-        let counts = match plan {
-            Plan::Exact => per_bucket,
-            Plan::Sharded { .. } => SHARDED_SQL
-                .replace("{per_shard}", &per_bucket)
-                .replace("{sums}", "quarantined, bucket, code, toUInt64(sum(identities)) AS identities, toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum")
-                .replace("{keys}", "quarantined, bucket, code"),
-        };
+        let counts = plan.wrap(
+            &PER_BUCKET_SQL.replace("{counted}", counted(plan)),
+            &["quarantined", "bucket", "code"],
+            &["identities", "window_rows", "window_checksum"],
+        );
         let query = self
             .client
             .query(&render(&EXPOSURES_SQL.replace("{counts}", &counts), kind));
         // Binds follow the text: (the Distributed table,) the bucket width twice,
         // the counted table and its filter, then the read that names the variants.
-        let query = match plan {
-            Plan::Exact => query,
-            Plan::Sharded { .. } => query.bind(Identifier(&self.table)),
-        };
+        let query = self.bind_wrapper(query, plan);
         let query = self.bind_counted(query.bind(width).bind(width), plan);
         let query = bind_filter(query, kind, target, window.start, window.end);
         self.bind_read(query, kind, target, window.start, window.end)

@@ -6,9 +6,6 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::error::WarehouseError;
-use clickhouse::sql::Identifier;
-
-use super::exposures::SHARDED_SQL;
 use super::plan::{counted, Plan};
 use super::sql::{bind_filter, bind_time, bucket_start, render, Target, TimestampKind};
 use super::Warehouse;
@@ -182,38 +179,40 @@ impl Warehouse {
         base: DateTime<Utc>,
     ) -> clickhouse::query::Query {
         let width = window.granularity.seconds();
-        let per_shard = INCREMENTAL_SQL.replace("{counted}", counted(plan));
-        let text = match plan {
-            Plan::Exact => per_shard
-                .replace("{in}", "GLOBAL IN")
-                .replace("{join_key}", ""),
-            Plan::Sharded { .. } => SHARDED_SQL
-                .replace(
-                    "{per_shard}",
-                    &per_shard
-                        .replace("{in}", "IN")
-                        .replace("{join_key}", "'' AS identifier, "),
-                )
-                .replace(
-                    "{sums}",
-                    "old_state, old_bucket, old_variant, new_state, new_bucket, new_variant, \
-                     toUInt64(sum(identities)) AS identities, \
-                     toUInt64(sum(before_rows)) AS before_rows, toUInt64(sum(before_checksum)) AS before_checksum, \
-                     toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum, \
-                     toUInt64(sum(changed_rows)) AS changed_rows, toUInt64(sum(changed_hits)) AS changed_hits",
-                )
-                .replace(
-                    "{keys}",
-                    "old_state, old_bucket, old_variant, new_state, new_bucket, new_variant",
-                ),
+        // Shards answer on their own local table (an identity lives on one);
+        // otherwise the set is built once and sent to every shard.
+        let (in_set, join_key) = match plan {
+            Plan::Exact => ("GLOBAL IN", ""),
+            Plan::Sharded { .. } => ("IN", "'' AS identifier, "),
         };
+        let per_shard = INCREMENTAL_SQL
+            .replace("{counted}", counted(plan))
+            .replace("{in}", in_set)
+            .replace("{join_key}", join_key);
+        let text = plan.wrap(
+            &per_shard,
+            &[
+                "old_state",
+                "old_bucket",
+                "old_variant",
+                "new_state",
+                "new_bucket",
+                "new_variant",
+            ],
+            &[
+                "identities",
+                "before_rows",
+                "before_checksum",
+                "window_rows",
+                "window_checksum",
+                "changed_rows",
+                "changed_hits",
+            ],
+        );
         let query = self.client.query(&render(&text, kind));
         // Binds follow the text: (the Distributed table,) the bucket width four
         // times, the `IN` set's read of `[base, end)`, `base`, the main read.
-        let query = match plan {
-            Plan::Exact => query,
-            Plan::Sharded { .. } => query.bind(Identifier(&self.table)),
-        };
+        let query = self.bind_wrapper(query, plan);
         let query = query.bind(width).bind(width).bind(width).bind(width);
         let query = bind_filter(
             self.bind_counted(query, plan),

@@ -73,6 +73,39 @@ impl Plan {
     }
 }
 
+/// The sharded plan's wrapper: each shard runs `{per_shard}` on its local
+/// table and sends its few rows; this server adds them up. The `Distributed`
+/// table on the left is what sends the query to every shard; `PREWHERE 0`
+/// reads none of its rows, and the `RIGHT JOIN` keeps every shard's rows
+/// (README "Running on a cluster").
+const SHARDED_SQL: &str = "\
+    SELECT {keys}, {sums}
+    FROM ? ALL RIGHT JOIN ({per_shard}) AS shard USING identifier
+    PREWHERE 0
+    GROUP BY {keys}";
+
+impl Plan {
+    /// The text a query sends: `per_shard` itself under the exact plan; under
+    /// the sharded plan, wrapped so that every shard runs it and this server
+    /// adds up its `summed` columns per `keys` (`per_shard` then selects `''
+    /// AS identifier`). [`Warehouse::bind_wrapper`] binds what the wrapper adds.
+    pub(super) fn wrap(&self, per_shard: &str, keys: &[&str], summed: &[&str]) -> String {
+        match self {
+            Plan::Exact => per_shard.to_owned(),
+            Plan::Sharded { .. } => {
+                let sums: Vec<String> = summed
+                    .iter()
+                    .map(|c| format!("toUInt64(sum({c})) AS {c}"))
+                    .collect();
+                SHARDED_SQL
+                    .replace("{per_shard}", per_shard)
+                    .replace("{keys}", &keys.join(", "))
+                    .replace("{sums}", &sums.join(", "))
+            }
+        }
+    }
+}
+
 /// How a query names the table it counts in: the events table (`?`), or under
 /// the sharded plan each shard's local table (`?.?`, module `sql`).
 pub(super) fn counted(plan: &Plan) -> &'static str {
@@ -86,6 +119,14 @@ impl Warehouse {
     /// The plan refreshes run, once it was read (`exact` before).
     pub fn plan_name(&self) -> &'static str {
         self.plan.get().map_or("exact", Plan::as_str)
+    }
+
+    /// Binds the `Distributed` table [`Plan::wrap`] reads under the sharded plan.
+    pub(super) fn bind_wrapper(&self, query: Query, plan: &Plan) -> Query {
+        match plan {
+            Plan::Exact => query,
+            Plan::Sharded { .. } => query.bind(Identifier(&self.table)),
+        }
     }
 
     /// Binds the table `counted` names.
