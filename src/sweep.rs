@@ -9,7 +9,7 @@ use futures_util::{stream, StreamExt};
 use serde::Serialize;
 
 use crate::domain::health::Code;
-use crate::domain::snapshot::{Outcome, SnapshotView};
+use crate::domain::snapshot::{self, Outcome};
 use crate::error::Error;
 use crate::metrics;
 use crate::retry;
@@ -127,8 +127,10 @@ async fn report_metrics(app: &App, report: &SweepReport) {
             let age = (now - since).num_seconds().max(0) as u64;
             sweep.max_snapshot_age_seconds = sweep.max_snapshot_age_seconds.max(age);
         }
-        let view = SnapshotView::new(experiment, stored.as_ref(), now, &app.config.limits);
-        let findings = view.exposures.and_then(|e| e.health).map(|h| h.findings);
+        let findings = stored
+            .as_ref()
+            .and_then(|s| snapshot::health(experiment, s, now, &app.config.limits))
+            .map(|h| h.findings);
         for finding in findings.into_iter().flatten() {
             *sweep.findings.entry(finding.code).or_default() += 1;
         }

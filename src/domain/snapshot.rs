@@ -103,19 +103,33 @@ impl SnapshotView {
                 refresh_requested_at: s.refresh_requested_at,
                 is_final: is_final(experiment, s),
                 payload: s.payload.clone(),
-                health: s.payload.as_ref().filter(|p| !p.is_null()).map(|p| {
-                    let facts = Facts {
-                        status: &experiment.status,
-                        started_at: experiment.started_at,
-                        as_of: s.as_of,
-                        last_error_at: s.last_error_at,
-                        now,
-                    };
-                    Health::compute(p, experiment.variant_weights.as_ref(), &facts, limits)
-                }),
+                health: health(experiment, s, now, limits),
             }),
         }
     }
+}
+
+/// The health of a stored snapshot as of `now` (SPEC 5.5, 5.6); `None` without a payload.
+pub fn health(
+    experiment: &Experiment,
+    stored: &StoredSnapshot,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Option<Health> {
+    let payload = stored.payload.as_ref().filter(|p| !p.is_null())?;
+    let facts = Facts {
+        status: &experiment.status,
+        started_at: experiment.started_at,
+        as_of: stored.as_of,
+        last_error_at: stored.last_error_at,
+        now,
+    };
+    Some(Health::compute(
+        payload,
+        experiment.variant_weights.as_ref(),
+        &facts,
+        limits,
+    ))
 }
 
 /// Final: the experiment ended and the stored window reaches its end.
