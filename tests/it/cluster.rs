@@ -6,16 +6,13 @@
 //!
 //! The tests take turns (`CLUSTER`): some kill and restart nodes.
 
-use std::path::Path;
-use std::process::Command;
-
 use chrono::{DateTime, Utc};
 use exposures::domain::incremental::FullReason;
 use exposures::service::Mode;
 use exposures::App;
 use serde_json::{json, Value};
 
-use crate::helpers::{exposure, insert, ts, Ev, TestEnv};
+use crate::helpers::{exposure, insert, script, ts, Ev, TestEnv};
 use crate::incremental::{full_payload, refresh};
 use crate::incremental_property as property;
 use crate::scenarios;
@@ -37,17 +34,7 @@ fn node(n: u8) -> clickhouse::Client {
 
 /// Runs `scripts/cluster.sh <args>`.
 fn cluster_sh(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
-    let out = Command::new(script)
-        .args(args)
-        .output()
-        .expect("run scripts/cluster.sh");
-    assert!(
-        out.status.success(),
-        "cluster.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    script("cluster.sh", args);
 }
 
 /// A database of the test's own on every node, the same rows on one server,
@@ -151,22 +138,9 @@ impl ClusterEnv {
 
     /// Waits until the mutations of the local table are done on every node.
     pub async fn wait_for_mutations(&self) {
-        for _ in 0..300 {
-            let mut pending = 0;
-            for n in 1..=4 {
-                pending += node(n)
-                    .query("SELECT toUInt64(count()) FROM system.mutations WHERE database = ? AND is_done = 0")
-                    .bind(&self.db)
-                    .fetch_one::<u64>()
-                    .await
-                    .expect("system.mutations");
-            }
-            if pending == 0 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for n in 1..=4 {
+            crate::incremental::wait_for_mutations(&node(n).with_database(&self.db)).await;
         }
-        panic!("mutations did not finish on the cluster");
     }
 
     /// Both replicas of every shard hold everything inserted so far.

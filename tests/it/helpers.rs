@@ -59,14 +59,22 @@ pub fn tls_file(name: &str) -> String {
 
 /// Runs `scripts/servers.sh <command>` (same ports as the tests, from the environment).
 pub fn servers(command: &str) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/servers.sh");
-    let out = std::process::Command::new(script)
-        .arg(command)
+    script("servers.sh", &[command]);
+}
+
+/// Runs `scripts/<name> <args>` and fails the test with its output unless it succeeds.
+pub fn script(name: &str, args: &[&str]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let out = std::process::Command::new(path)
+        .args(args)
         .output()
-        .expect("run scripts/servers.sh");
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
     assert!(
         out.status.success(),
-        "servers.sh {command}: {}",
+        "{name} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
