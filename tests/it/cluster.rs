@@ -37,6 +37,21 @@ fn cluster_sh(args: &[&str]) {
     script("cluster.sh", args);
 }
 
+/// Held by a test that kills nodes or changes the profile: if the test fails
+/// half-way, `cluster.sh start` (which starts the nodes that are down and drops
+/// profile overrides) leaves the cluster whole for the tests after it.
+struct Recover;
+
+impl Drop for Recover {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+            let _ = std::process::Command::new(script).arg("start").status();
+        }
+    }
+}
+
 /// A database of the test's own on every node, the same rows on one server,
 /// and apps for both sharding keys.
 pub struct ClusterEnv {
@@ -448,6 +463,7 @@ async fn secondary_query_on(nodes: [u8; 2]) -> u8 {
 #[tokio::test]
 async fn one_replica_of_each_shard_down_before_and_during_a_refresh() {
     let _turn = CLUSTER.lock().await;
+    let _recover = Recover;
     let c = ClusterEnv::new("MergeTree").await;
     load(&c, 300_000).await;
     let now = "2026-06-02T00:00:00Z";
@@ -512,6 +528,7 @@ async fn one_replica_of_each_shard_down_before_and_during_a_refresh() {
 #[tokio::test]
 async fn a_shard_down_fails_the_refresh_whatever_the_profile_says() {
     let _turn = CLUSTER.lock().await;
+    let _recover = Recover;
     let c = ClusterEnv::new("MergeTree").await;
     let events: Vec<Ev> = (0..50)
         .map(|i| exposure(&format!("u{i}"), "control", "2026-06-01T01:00:00Z"))
