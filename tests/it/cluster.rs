@@ -545,9 +545,12 @@ async fn a_shard_down_fails_the_refresh_whatever_the_profile_says() {
 
     cluster_sh(&["kill", "3"]);
     cluster_sh(&["kill", "4"]);
+    // First under the default profile (0, as cluster.sh start leaves it), then 1.
+    // The default is not written again: a second write of the override file in
+    // the same second may be missed by 18.16's config reloader.
     for profile in ["0", "1"] {
-        cluster_sh(&["profile", "skip_unavailable_shards", profile]);
         if profile == "1" {
+            cluster_sh(&["profile", "skip_unavailable_shards", profile]);
             // The server's profile really would answer without the shard...
             let partial: u64 = node(1)
                 .query("SELECT toUInt64(count()) FROM ?.events")
