@@ -332,6 +332,9 @@ impl App {
         if !delta.complete {
             return Ok(Err(FullReason::ConcurrentInsert));
         }
+        if !delta.keys_distinct {
+            return Ok(Err(FullReason::KeyCollision));
+        }
         let applied = Payload::from_json(base.payload)
             .and_then(|stored| stored.apply(window.granularity, &delta.transitions));
         Ok(match applied {

@@ -309,7 +309,7 @@ pub async fn run(args: &Args) -> Res<i32> {
         )
         .await?;
         let applied = stored_payload.apply(steady.granularity, &delta.transitions)?;
-        let equal = applied == expected && delta.complete;
+        let equal = applied == expected && delta.complete && delta.keys_distinct;
         ok &= equal;
         writeln!(
             report,

@@ -33,6 +33,8 @@ pub enum FullReason {
     Inconsistent,
     /// Events arrived between the incremental query's two reads of the table.
     ConcurrentInsert,
+    /// Two identities shared the incremental query's 64-bit grouping key.
+    KeyCollision,
     /// Another refresh stored a snapshot in between; the change was computed against the old one.
     Race,
 }
@@ -50,6 +52,7 @@ impl FullReason {
             Self::LargeChange => "large_change",
             Self::Inconsistent => "inconsistent",
             Self::ConcurrentInsert => "concurrent_insert",
+            Self::KeyCollision => "key_collision",
             Self::Race => "race",
         }
     }

@@ -14,18 +14,25 @@ use crate::domain::transition::{IdentityState, Transition};
 use crate::domain::window::Window;
 
 /// The incremental query (README "Incremental refresh"): one read of the
-/// window `[start, end)` in `{counted}` groups every row by `key`, the
-/// identifier when the identity was seen in `[base, end)` (the `{in}` set),
-/// else `''`. So each changed identity keeps one small state (its first
-/// timestamp and lowest and highest variant before `base` and at `end`), and
-/// all other rows fold into the one `''` group, which only adds to the
-/// fingerprints of `[start, base)` and of the whole window (its state
-/// aggregates skip those rows: about 15 % of the query's time on 20 M rows). The states become
-/// transitions (absent, quarantined, or first bucket and variant, before and
-/// after), counted per transition; every row carries its share of the
-/// fingerprints, which the decoder adds up. The `IN` set is a read of its own:
-/// rows of `[base, end)` the main read sees but the set missed (inserted between
-/// the two) show as `changed_hits < changed_rows`, and the answer is not used.
+/// window `[start, end)` in `{counted}` groups every row by `key`, a 64-bit
+/// hash of the identifier when the identity was seen in `[base, end)` (the
+/// `{in}` set of the same hashes), else 0, and by `late` (the row is in
+/// `[base, end)`). So each changed identity keeps one small state (rows, hash
+/// sum, first timestamp, lowest and highest variant, before `base` and since),
+/// and all other rows fold into the one 0 group, which only adds to the
+/// fingerprints. Grouping on a number rather than the identifier string, with
+/// plain aggregates rather than `-If` ones over every row, is what keeps the
+/// query near the cost of the scan (README "Incremental refresh": 2.05 s
+/// before, 1.7 s after, scan 0.9 s on 20 M rows). Two identities behind one
+/// key would share a state: each group keeps its lowest and highest
+/// identifier (only changed rows pay for that), and a group holding two makes
+/// the answer unusable (`collisions`), so the hash only costs speed, never
+/// exactness. The states become transitions (absent, quarantined, or first
+/// bucket and variant, before and after), counted per transition; every row
+/// carries its share of the fingerprints, which the decoder adds up. The `IN`
+/// set is a read of its own: rows of `[base, end)` the main read sees but the
+/// set missed (inserted between the two) show as `changed_hits <
+/// changed_rows`, and the answer is not used.
 ///
 /// On one server or under the exact plan `{in}` is `GLOBAL IN`: built once over
 /// every shard and sent to each, since an identity's rows may live on several.
@@ -38,30 +45,41 @@ SELECT
     toUInt64(count()) AS identities,
     toUInt64(sum(before_rows)) AS before_rows, toUInt64(sum(before_checksum)) AS before_checksum,
     toUInt64(sum(window_rows)) AS window_rows, toUInt64(sum(window_checksum)) AS window_checksum,
-    toUInt64(sum(changed_rows)) AS changed_rows, toUInt64(sum(changed_hits)) AS changed_hits
+    toUInt64(sum(changed_rows)) AS changed_rows, toUInt64(sum(changed_hits)) AS changed_hits,
+    toUInt64(sum(collided)) AS collisions
 FROM
 (
     SELECT
-        multiIf(key = '' OR countIf(early) = 0, toUInt8(0),
-                minIf(v, early AND key != '') != maxIf(v, early AND key != ''), toUInt8(1), toUInt8(2)) AS old_state,
-        toUInt32(if(old_state = 2, intDiv(toUInt32(toDateTime(minIf(timestamp, early AND key != ''))), ?) * ?, 0)) AS old_bucket,
-        if(old_state = 2, minIf(v, early AND key != ''), '') AS old_variant,
-        multiIf(key = '', toUInt8(0), minIf(v, key != '') != maxIf(v, key != ''), toUInt8(1), toUInt8(2)) AS new_state,
-        toUInt32(if(new_state = 2, intDiv(toUInt32(toDateTime(minIf(timestamp, key != ''))), ?) * ?, 0)) AS new_bucket,
-        if(new_state = 2, minIf(v, key != ''), '') AS new_variant,
-        countIf(early) AS before_rows, sumIf(row_hash, early) AS before_checksum,
-        count() AS window_rows, sum(row_hash) AS window_checksum,
-        countIf(NOT early) AS changed_rows, countIf(NOT early AND key != '') AS changed_hits
+        multiIf(key = 0 OR sumIf(rows, NOT late) = 0, toUInt8(0),
+                minIf(low, NOT late) != maxIf(high, NOT late), toUInt8(1), toUInt8(2)) AS old_state,
+        toUInt32(if(old_state = 2, intDiv(toUInt32(toDateTime(min(first_seen))), ?) * ?, 0)) AS old_bucket,
+        if(old_state = 2, minIf(low, NOT late), '') AS old_variant,
+        multiIf(key = 0, toUInt8(0), min(low) != max(high), toUInt8(1), toUInt8(2)) AS new_state,
+        toUInt32(if(new_state = 2, intDiv(toUInt32(toDateTime(min(first_seen))), ?) * ?, 0)) AS new_bucket,
+        if(new_state = 2, min(low), '') AS new_variant,
+        sumIf(rows, NOT late) AS before_rows, sumIf(checksum, NOT late) AS before_checksum,
+        sum(rows) AS window_rows, sum(checksum) AS window_checksum,
+        sumIf(rows, late) AS changed_rows, sumIf(rows, late AND key != 0) AS changed_hits,
+        toUInt8(min(lowest_identifier) != max(highest_identifier)) AS collided
     FROM
     (
         SELECT
-            if(identifier {in} (SELECT identifier FROM {counted} WHERE {delta}), identifier, '') AS key,
-            if(key = '', '', value) AS v,
-            timestamp,
-            timestamp < {bound} AS early,
-            {row_hash} AS row_hash
-        FROM {counted}
-        WHERE {filter}
+            key, late, count() AS rows, sum(row_hash) AS checksum,
+            min(timestamp) AS first_seen, min(value) AS low, max(value) AS high,
+            minIf(identifier, key != 0) AS lowest_identifier,
+            maxIf(identifier, key != 0) AS highest_identifier
+        FROM
+        (
+            SELECT
+                if(cityHash64(identifier) {in} (SELECT cityHash64(identifier) FROM {counted} WHERE {delta}),
+                   cityHash64(identifier), toUInt64(0)) AS key,
+                identifier, value, timestamp,
+                timestamp >= {bound} AS late,
+                {row_hash} AS row_hash
+            FROM {counted}
+            WHERE {filter}
+        )
+        GROUP BY key, late
     )
     GROUP BY key
 )
@@ -96,6 +114,8 @@ pub struct TransitionRow {
     pub changed_rows: u64,
     /// Those of them whose identity is in the `IN` set.
     pub changed_hits: u64,
+    /// Grouping keys that stood for two or more identities.
+    pub collisions: u64,
 }
 
 /// The answer of the incremental query.
@@ -110,6 +130,9 @@ pub struct Delta {
     /// False when the set of identities seen since `base` missed rows of the main
     /// read (inserted between the two reads): the transitions are incomplete.
     pub complete: bool,
+    /// False when two identities shared the query's 64-bit grouping key: their
+    /// states were merged, so the transitions cannot be used.
+    pub keys_distinct: bool,
 }
 
 /// Decodes the incremental answer.
@@ -119,6 +142,7 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
         window: Fingerprint::default(),
         transitions: Vec::new(),
         complete: true,
+        keys_distinct: true,
     };
     let (mut changed_rows, mut changed_hits) = (0_u64, 0_u64);
     for row in rows {
@@ -127,6 +151,7 @@ pub fn delta(rows: Vec<TransitionRow>) -> Delta {
         out.window = out.window.add(row.window_rows, row.window_checksum);
         changed_rows = changed_rows.wrapping_add(row.changed_rows);
         changed_hits = changed_hits.wrapping_add(row.changed_hits);
+        out.keys_distinct &= row.collisions == 0;
         // New state 0: the rows of identities not seen since `base`.
         let Some(new) = identity_state(row.new_state, row.new_bucket, row.new_variant) else {
             continue;
@@ -207,6 +232,7 @@ impl Warehouse {
                 "window_checksum",
                 "changed_rows",
                 "changed_hits",
+                "collisions",
             ],
         );
         let query = self.client.query(&render(&text, kind));
@@ -268,6 +294,7 @@ mod tests {
             window_checksum: 13,
             changed_rows: 2,
             changed_hits: hits,
+            collisions: 0,
         }
     }
 
@@ -313,5 +340,10 @@ mod tests {
             !only.complete,
             "the unchanged row's 2 rows since base are not hits"
         );
+        // A key that stood for two identities: the states were merged.
+        assert!(d.keys_distinct);
+        let mut merged = transition(0, 2, 1, 2);
+        merged.collisions = 1;
+        assert!(!delta(vec![transition(0, 2, 3, 2), merged]).keys_distinct);
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use exposures::incremental::FullReason;
 use exposures::service::Mode;
 use exposures::summary::Payload;
-use exposures::warehouse::Target;
+use exposures::warehouse::{delta, Target, TimestampKind, TransitionRow};
 use exposures::window::Window;
 use exposures::App;
 use serde_json::{json, Value};
@@ -208,6 +208,64 @@ async fn a_large_change_is_computed_in_full() {
     env.insert(&[exposure("n3", "control", "2026-06-01T03:10:00Z")])
         .await;
     step(&env, id, "2026-06-01T04:00:00Z", Mode::Incremental).await;
+}
+
+/// The incremental query groups changed identities by a 64-bit hash of the
+/// identifier. Forcing every identifier onto one hash (a rewritten query text)
+/// must be seen as a collision, never answered as one identity.
+#[tokio::test]
+async fn identities_sharing_a_grouping_key_are_seen_not_merged() {
+    let env = TestEnv::new().await;
+    env.insert(&[
+        exposure("a", "control", "2026-06-01T01:00:00Z"),
+        exposure("b", "variant", "2026-06-01T01:10:00Z"),
+        exposure("a", "control", "2026-06-01T02:10:00Z"),
+        exposure("c", "variant", "2026-06-01T02:20:00Z"),
+    ])
+    .await;
+    let window = Window::new(ts("2026-06-01T00:00:00Z"), None, ts("2026-06-01T03:00:00Z"));
+    let target = Target {
+        environment_key: "prod",
+        feature_name: "checkout",
+    };
+    let query = env.app.warehouse.incremental_query(
+        TimestampKind::DateTime,
+        target,
+        &window,
+        ts("2026-06-01T02:00:00Z"),
+    );
+    let text = query.sql_display().to_string();
+    let run = |text: String| {
+        let client = env.clickhouse.clone();
+        async move {
+            delta(
+                client
+                    .query(&text)
+                    .fetch_all::<TransitionRow>()
+                    .await
+                    .expect("incremental query"),
+            )
+        }
+    };
+    let honest = run(text.clone()).await;
+    assert!(honest.complete && honest.keys_distinct, "{honest:?}");
+    assert_eq!(honest.window.rows, 4);
+    // Two changed identities (a returning, c new): two transitions of one identity each.
+    let moved: u64 = honest.transitions.iter().map(|t| t.identities).sum();
+    assert_eq!(moved, 2, "{honest:?}");
+
+    // The grouping key is the only `cityHash64(identifier)` (the row hash has more arguments).
+    assert_eq!(text.matches("cityHash64(identifier)").count(), 3, "{text}");
+    let forced =
+        run(text.replace("cityHash64(identifier)", "(cityHash64(identifier) % 1 + 1)")).await;
+    assert!(
+        !forced.keys_distinct,
+        "three identities behind one key must be reported: {forced:?}"
+    );
+    assert_eq!(
+        forced.window, honest.window,
+        "the fingerprints do not depend on the key"
+    );
 }
 
 #[tokio::test]

@@ -350,6 +350,10 @@ fn incremental_query_equals_full_query_on_the_current_engine() {
                 delta.complete,
                 "{context}: static data, the IN set saw every row"
             );
+            assert!(
+                delta.keys_distinct,
+                "{context}: no two identities share a key"
+            );
             if delta.before != stored_fingerprint {
                 // The earlier window changed (late or deleted rows): the refresh goes full.
                 changed += 1;
