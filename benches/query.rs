@@ -49,6 +49,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[path = "query/cluster.rs"]
 mod cluster;
+#[path = "../tests/it/cluster_nodes.rs"]
+mod cluster_nodes;
 #[path = "query/incremental.rs"]
 mod incremental;
 

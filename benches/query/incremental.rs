@@ -27,10 +27,6 @@ const DATABASE: &str = "exposures_bench_incremental";
 const MAX_TIME: f64 = 1.0 / 4.0;
 const MAX_MEMORY: f64 = 1.0 / 8.0;
 
-/// The filter of the floors below: the experiment's rows in `[?, ?)`.
-const FLOOR_FILTER: &str = "environment_key = ? AND event = ? AND feature_name = ? \
-    AND timestamp >= toDateTime(?) AND timestamp < toDateTime(?) AND identifier != ''";
-
 /// What every one-read incremental plan does before any grouping: read the
 /// window, hash every row for the fingerprint, test every identity against the
 /// set of identities seen since `A` (the shipped query's hashes).
@@ -69,11 +65,15 @@ struct FloorRow {
 
 /// Runs one of the floors above over the window up to the steady state, the set since `A`.
 async fn floor_query(client: &clickhouse::Client, sql: &str, grouped: bool) -> Res<u64> {
-    let sql = sql.replace("{filter}", FLOOR_FILTER);
+    // The incremental data's timestamp is a `DateTime` (the 18.16 layout).
+    let filter = FILTER
+        .replace("{lower}", "toDateTime(?)")
+        .replace("{upper}", "toDateTime(?)");
+    let sql = sql.replace("{filter}", &filter);
     let read = |q: clickhouse::query::Query, from: i64, to: i64| {
         q.bind(clickhouse::sql::Identifier(TABLE))
             .bind(ENVIRONMENT)
-            .bind(exposures::warehouse::EXPOSURE_EVENT)
+            .bind(EXPOSURE_EVENT)
             .bind(FEATURE)
             .bind(from)
             .bind(to)

@@ -12,6 +12,7 @@ use exposures::service::Mode;
 use exposures::App;
 use serde_json::{json, Value};
 
+use crate::cluster_nodes::{distributed_ddl, local_table_ddl, node, node_url};
 use crate::helpers::{exposure, insert, script, ts, Ev, TestEnv};
 use crate::incremental::{full_payload, refresh};
 use crate::incremental_property as property;
@@ -19,18 +20,6 @@ use crate::scenarios;
 
 /// One cluster test at a time: some stop nodes the others would use.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The node the function talks to.
-fn node_url(n: u8) -> String {
-    std::env::var(format!("EXPOSURES_TEST_CLUSTER_NODE{n}_URL"))
-        .unwrap_or_else(|_| format!("http://127.0.0.1:{}", 18200 + u16::from(n)))
-}
-
-fn node(n: u8) -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(node_url(n))
-        .with_validation(false)
-}
 
 /// Runs `scripts/cluster.sh <args>`.
 fn cluster_sh(args: &[&str]) {
@@ -70,30 +59,12 @@ impl ClusterEnv {
     pub async fn new(engine: &str) -> Self {
         let env = TestEnv::new().await;
         let db = env.settings["CLICKHOUSE_DATABASE"].clone();
-        let ddl = include_str!("../../migrations/clickhouse/events_clickhouse_18.sql");
-        let local = ddl
-            .replace(
-                "CREATE TABLE IF NOT EXISTS events",
-                &format!("CREATE TABLE {db}.events_local ON CLUSTER exposures_cluster"),
-            )
-            .replace(
-                "ENGINE = MergeTree",
-                &format!(
-                    "ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/{db}/events_local', '{{replica}}')"
-                ),
-            );
         let n1 = node(1);
         for sql in [
             format!("CREATE DATABASE {db} ON CLUSTER exposures_cluster"),
-            local,
-            format!(
-                "CREATE TABLE {db}.events ON CLUSTER exposures_cluster AS {db}.events_local \
-                 ENGINE = Distributed(exposures_cluster, {db}, events_local, sipHash64(identifier))"
-            ),
-            format!(
-                "CREATE TABLE {db}.events_rand ON CLUSTER exposures_cluster AS {db}.events_local \
-                 ENGINE = Distributed(exposures_cluster, {db}, events_local, rand())"
-            ),
+            local_table_ddl(&db, engine),
+            distributed_ddl(&db, "events", "sipHash64(identifier)"),
+            distributed_ddl(&db, "events_rand", "rand()"),
         ] {
             n1.query(&sql)
                 .execute()

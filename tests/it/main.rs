@@ -6,6 +6,7 @@ mod api;
 mod cargo_lambda;
 mod chdb;
 mod cluster;
+mod cluster_nodes;
 mod distributed;
 mod faults;
 mod findings;
